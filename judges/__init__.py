@@ -1,0 +1,1 @@
+"""Model engines, rubrics and parsing for the judge stages (see issue: Judges)."""

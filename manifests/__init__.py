@@ -1,0 +1,1 @@
+"""Manifest schema, writer, reader, stats and the run summary."""

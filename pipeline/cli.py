@@ -1,0 +1,132 @@
+"""The ``sailcurate`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.runner import RunOptions, run_pipeline
+
+    if args.from_stage and args.only_stage:
+        raise ConfigError("--from and --only cannot be combined")
+    config = load_config(args.config, overrides=args.set, inputs=args.input)
+    run_dir = args.out or os.path.join("runs", config.name)
+    record = run_pipeline(config, RunOptions(run_dir=run_dir, from_stage=args.from_stage,
+                                             only_stage=args.only_stage, force=args.force))
+    from manifests.summary import format_table, summarize
+
+    print(format_table(summarize(run_dir)))
+    print(f"\nrun directory: {os.path.abspath(run_dir) if '://' not in run_dir else run_dir}")
+    print(f"  manifests:   {os.path.join(run_dir, 'manifests')}/<stage>.parquet")
+    shards = os.path.join(run_dir, "shards")
+    if os.path.isdir(shards) or "://" in run_dir:
+        print(f"  shards:      {shards}/ (shards.json, index.parquet)")
+    print(f"  run record:  {os.path.join(run_dir, 'run.json')}  ({record['seconds']:.1f} s)")
+    return 0
+
+
+def _cmd_manifest_summary(args) -> int:
+    from manifests.summary import format_table, summarize
+
+    summary = summarize(args.run_dir)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(format_table(summary, show_reasons=True, show_sources=True))
+    return 0
+
+
+def _cmd_manifest_show(args) -> int:
+    from manifests.reader import show_rows
+
+    df = show_rows(args.run_dir, args.stage, status=args.status, reason=args.reason, limit=args.limit)
+    if args.json:
+        print(df.to_json(orient="records", lines=True, force_ascii=False))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                               "display.max_colwidth", 60):
+            print(df.to_string(index=False) if len(df) else "(no rows)")
+    return 0
+
+
+def _cmd_stages(args) -> int:
+    from stages.registry import stage_kinds
+
+    for kind, cls in sorted(stage_kinds().items()):
+        res = cls.default_resources
+        flags = [cls.mode] + (["stateful"] if cls.stateful else []) + (["sink"] if cls.sink else [])
+        print(f"{kind}  [{', '.join(flags)}]  {cls.description}")
+        print(f"  resources: num_cpus={res.num_cpus} num_gpus={res.num_gpus} batch_size={res.batch_size}")
+        if cls.requires:
+            print(f"  reads:     {', '.join(cls.requires)}")
+        outs = cls.produces
+        if outs:
+            print(f"  writes:    {', '.join(outs)}")
+        for name, f in cls.Params.model_fields.items():
+            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+            ann = getattr(f.annotation, "__name__", str(f.annotation)).replace("typing.", "")
+            desc = f" - {f.description}" if f.description else ""
+            print(f"    {name}: {ann} ({default}){desc}")
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sailcurate", description="Curate vision-language training data on Ray.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline (resumes finished work in RUN_DIR)")
+    run.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+    run.add_argument("--input", action="append", default=[], metavar="[NAME=]PATH",
+                     help="replace a source's path (NAME= when the pipeline has several sources)")
+    run.add_argument("--out", help="run directory (default: runs/<pipeline name>)")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and everything after it")
+    run.add_argument("--only", dest="only_stage", metavar="STAGE", help="rerun only STAGE, from its upstream checkpoint")
+    run.add_argument("--force", action="store_true", help="ignore all checkpoints and rerun everything")
+    run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                     help="override a config field (repeatable), validated like the file")
+    run.set_defaults(func=_cmd_run)
+
+    man = sub.add_parser("manifest", help="inspect a run's manifests")
+    msub = man.add_subparsers(dest="manifest_command", required=True)
+    summ = msub.add_parser("summary", help="per-stage counts, top drop reasons, per-source counts")
+    summ.add_argument("run_dir")
+    summ.add_argument("--json", action="store_true")
+    summ.set_defaults(func=_cmd_manifest_summary)
+    show = msub.add_parser("show", help="list manifest rows of one stage")
+    show.add_argument("run_dir")
+    show.add_argument("--stage", required=True)
+    show.add_argument("--status", choices=["kept", "dropped", "error"])
+    show.add_argument("--reason", help="keep rows whose reason starts with this")
+    show.add_argument("--limit", type=int, default=20)
+    show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    show.set_defaults(func=_cmd_manifest_show)
+
+    st = sub.add_parser("stages", help="list stage kinds with their parameters")
+    st.set_defaults(func=_cmd_stages)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"sailcurate: config error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"sailcurate: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

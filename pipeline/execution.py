@@ -1,0 +1,202 @@
+"""The callables Ray Data runs on workers: source reads, stage calls, fragment writes.
+
+They hold only what they were constructed with (stage kind, params, paths),
+never driver state, so they pickle to any node of a cluster.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.checkpoint import Checkpoint
+from stages.base import (
+    CHUNK_COLUMN, DECIDED_AT_COLUMN, ERROR, KEPT, Params, Stage, StageContext,
+)
+from stages.registry import get_stage_kind
+
+
+def build_stage(kind: str, params: dict, name: str, context: StageContext | None) -> Stage:
+    cls = get_stage_kind(kind)
+    return cls(cls.Params(**params), name, context)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select, order and cast columns to the segment's declared schema."""
+    arrays = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise TypeError(f"column {f.name!r}: cannot cast {col.type} to declared {f.type}: {e}") from None
+            arrays.append(col)
+        else:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def error_row_id(source: str, what: str) -> str:
+    return hashlib.blake2b(f"{source}\0{what}".encode(), digest_size=16).hexdigest()
+
+
+class SourceRead:
+    """Reads one input unit per call and records how many rows it produced."""
+
+    def __init__(self, kind: str, params: dict, name: str, context: StageContext, run_dir: str,
+                 checkpoint: str, schema: pa.Schema):
+        self.stage = build_stage(kind, params, name, context)
+        self.ckpt = Checkpoint(run_dir, checkpoint)
+        self.schema = schema
+
+    def __call__(self, units: pa.Table) -> pa.Table:
+        tables = []
+        for chunk, unit_json in zip(units.column("chunk").to_pylist(), units.column("unit").to_pylist()):
+            unit = json.loads(unit_json)
+            try:
+                df = self.stage.read_unit(unit)
+            except Exception as e:  # a unit that cannot be read at all becomes one error row
+                what = json.dumps(unit, sort_keys=True)
+                df = pd.DataFrame([{
+                    "sample_id": error_row_id(self.stage.name, what),
+                    "source": unit.get("source", ""), "source_key": unit.get("label", what),
+                    "status": ERROR, "reason": f"ingest_failed: {type(e).__name__}: {e}",
+                }])
+            df[CHUNK_COLUMN] = chunk
+            df[DECIDED_AT_COLUMN] = [None if s == KEPT else self.stage.name for s in df["status"]]
+            table = conform(pa.Table.from_pandas(df, preserve_index=False), self.schema)
+            self.ckpt.write_source_count(chunk, table.num_rows)
+            tables.append(table)
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
+
+
+class StageCall:
+    """Applies one map stage to the kept rows of a batch; others pass through untouched.
+
+    A batch that raises is split in halves and retried, down to single rows;
+    a single row that still raises becomes an error row with the exception as
+    its reason. The rest of the batch goes on.
+    """
+
+    def __init__(self, kind: str, params: dict, name: str, context: StageContext, columns: dict):
+        self.stage = build_stage(kind, params, name, context)
+        self.columns = columns  # declared outputs: name -> arrow type
+        self._ready = False
+        if self.stage.stateful:
+            self._setup()
+
+    def _setup(self) -> None:
+        if not self._ready:
+            self.stage.setup()
+            self._ready = True
+
+    def _process_safely(self, rows: pd.DataFrame) -> pd.DataFrame:
+        try:
+            out = self.stage.process(rows.copy())
+        except Exception as e:
+            if len(rows) == 1:
+                out = rows.copy()
+                out["status"] = ERROR
+                out["reason"] = f"{self.stage.kind}_failed: {type(e).__name__}: {e}"
+                return out
+            mid = len(rows) // 2
+            return pd.concat([self._process_safely(rows.iloc[:mid]), self._process_safely(rows.iloc[mid:])])
+        if len(out) != len(rows) or list(out["sample_id"]) != list(rows["sample_id"]):
+            raise RuntimeError(
+                f"stage {self.stage.name!r} ({self.stage.kind}) broke the stage contract: it must return "
+                "the rows it was given, in order (mark them dropped instead of deleting them)"
+            )
+        return out
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        self._setup()
+        batch = batch.reset_index(drop=True)
+        for col in self.columns:
+            if col not in batch.columns:
+                batch[col] = None
+        active = batch["status"] == KEPT
+        if active.any():
+            before = batch.loc[active]
+            try:
+                after = self._process_safely(before)
+            except RuntimeError:
+                raise
+            except Exception:  # pragma: no cover - _process_safely handles row errors
+                raise RuntimeError(traceback.format_exc())
+            after.index = before.index
+            for col in after.columns:
+                if col in batch.columns or col in self.columns:
+                    if col not in batch.columns:
+                        batch[col] = None
+                    batch[col] = batch[col].astype(object)
+                    batch.loc[active, col] = after[col].astype(object).values
+            decided = active & (batch["status"] != KEPT)
+            batch[DECIDED_AT_COLUMN] = batch[DECIDED_AT_COLUMN].astype(object)
+            batch.loc[decided, DECIDED_AT_COLUMN] = self.stage.name
+        return self._to_arrow(batch)
+
+    def _to_arrow(self, batch: pd.DataFrame) -> pa.Table:
+        """Arrow with declared types, so blocks from different batches share one schema."""
+        types = {**{c: pa.string() for c in ("status", "reason", DECIDED_AT_COLUMN)}, **self.columns}
+        for col, t in types.items():
+            if col in batch.columns and batch[col].dtype == object:
+                batch[col] = batch[col].where(batch[col].notna(), None)
+        table = pa.Table.from_pandas(batch, preserve_index=False)
+        for col, t in types.items():
+            if col in table.column_names and table.schema.field(col).type != t and not pa.types.is_null(t):
+                try:
+                    table = table.set_column(table.column_names.index(col), col, table.column(col).cast(t))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                    raise TypeError(
+                        f"stage {self.stage.name!r} ({self.stage.kind}): column {col!r} holds {table.schema.field(col).type}, "
+                        f"declared {t}: {e}"
+                    ) from None
+        return table
+
+
+class FragmentWrite:
+    """Commits each batch as one fragment per chunk; returns per-chunk counts to the driver."""
+
+    def __init__(self, run_dir: str, stage: str, schema: pa.Schema):
+        self.ckpt = Checkpoint(run_dir, stage)
+        self.schema = schema
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = conform(table, self.schema)
+        chunks, rows, kept = [], [], []
+        if table.num_rows:
+            import pyarrow.compute as pc
+
+            for chunk in sorted(set(table.column(CHUNK_COLUMN).to_pylist())):
+                sub = table.filter(pc.equal(table.column(CHUNK_COLUMN), chunk))
+                sub = sub.sort_by("sample_id")
+                self.ckpt.write_fragment(chunk, sub)
+                chunks.append(chunk)
+                rows.append(sub.num_rows)
+                kept.append(pc.sum(pc.equal(sub.column("status"), KEPT)).as_py() or 0)
+        return pa.table({"chunk": pa.array(chunks, pa.string()), "rows": pa.array(rows, pa.int64()),
+                         "kept": pa.array(kept, pa.int64())})
+
+
+def read_units(units: pa.Table, kind: str, params: dict, name: str, context: StageContext,
+               run_dir: str, checkpoint: str, schema: pa.Schema) -> pa.Table:
+    return SourceRead(kind, params, name, context, run_dir, checkpoint, schema)(units)
+
+
+def run_stage_batch(batch: pd.DataFrame, kind: str, params: dict, name: str, context: StageContext,
+                    columns: dict) -> pa.Table:
+    """Task form of StageCall for stateless stages (their setup is cheap)."""
+    return StageCall(kind, params, name, context, columns)(batch)
+
+
+def write_fragments(table: pa.Table, run_dir: str, stage: str, schema: pa.Schema) -> pa.Table:
+    return FragmentWrite(run_dir, stage, schema)(table)
+
+
+__all__ = ["SourceRead", "StageCall", "FragmentWrite", "conform", "build_stage", "Params",
+           "read_units", "run_stage_batch", "write_fragments"]

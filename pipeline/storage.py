@@ -1,0 +1,144 @@
+"""Paths as URIs: local folders today, object stores through pyarrow.fs.
+
+All run-directory I/O goes through here so that atomic commit has one
+definition: write under a temporary name and rename (local), or write the
+object and publish a completion record last (object stores, no rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def makedirs(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def list_files(uri: str, suffix: str = "", recursive: bool = False) -> list[pafs.FileInfo]:
+    """Files under a folder, sorted by path, skipping temporaries (names starting with '.' or '_tmp')."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    out = [
+        i for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        and not i.base_name.startswith((".", "_tmp"))
+    ]
+    return sorted(out, key=lambda i: i.path)
+
+
+def rmtree(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def remove(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def _tmp_name(path: str) -> str:
+    head, tail = path.rsplit("/", 1)
+    return f"{head}/.{tail}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Atomic where the filesystem can rename: readers never see half a file."""
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = _tmp_name(path)
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri).decode("utf-8"))
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    """Atomic Parquet write (temporary name, then rename)."""
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = _tmp_name(path)
+        pq.write_table(table, tmp, filesystem=fs)
+        os.replace(tmp, path)
+    else:
+        pq.write_table(table, path, filesystem=fs)
+
+
+def open_output_atomic(uri: str):
+    """A context manager yielding a binary stream; the file appears complete or not at all."""
+    return _AtomicOutput(uri)
+
+
+class _AtomicOutput:
+    def __init__(self, uri: str):
+        self.fs, self.path = resolve(uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.tmp = _tmp_name(self.path) if self.local else self.path
+        self.stream = None
+
+    def __enter__(self):
+        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        self.stream = self.fs.open_output_stream(self.tmp)
+        return self.stream
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stream.close()
+        if exc_type is not None:
+            if self.local and os.path.exists(self.tmp):
+                os.remove(self.tmp)
+            return False
+        if self.local:
+            os.replace(self.tmp, self.path)
+        return False

@@ -1,0 +1,369 @@
+"""ingest: read a named source into rows, one commit unit (chunk) at a time.
+
+Formats (detected from what is at the path unless the source names one):
+- ``webdataset``: a folder of ``.tar`` files as img2dataset writes them
+  (``KEY.jpg``/``.png``/... + ``KEY.txt`` and/or ``KEY.json``); one unit per tar.
+- ``parquet``: a ``.parquet`` file or folder; image bytes (or a ``{bytes, path}``
+  struct, or a path column), a text column and a key column; text-only
+  Parquet is fine. One unit per group of row groups.
+- ``jsonl_images``: a folder holding images and one or more ``.jsonl`` files
+  whose lines name an image path and a caption. One unit per ``chunk_rows`` lines.
+
+Bad input never stops the run: a truncated tar, a missing image, a line that
+is not JSON, a caption that is not UTF-8 each become an ``error`` row with the
+reason, and the rest of the unit goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from pipeline import storage
+from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+TEXT_NAMES = ("text", "caption", "txt", "TEXT", "Caption")
+IMAGE_NAMES = ("image", "jpg", "png", "image_bytes", "img", "image_path", "file_name", "file", "path")
+KEY_NAMES = ("key", "id", "uid", "sample_key", "__key__")
+
+
+class IngestParams(Params):
+    source: str = Field(..., description="name of a source under 'sources' in the pipeline file")
+    chunk_rows: int = Field(10_000, ge=1, description="rows per commit unit for parquet and jsonl sources")
+    max_member_bytes: int = Field(256 * 1024 * 1024, ge=1, description="larger tar members / images are error rows")
+
+
+def sample_id_for(source: str, key: str, image: bytes | None, text: str | None) -> str:
+    """Stable id: the same source, key and content always give the same id."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (source.encode(), key.encode("utf-8", "surrogateescape"), image or b"", (text or "").encode("utf-8", "surrogateescape")):
+        h.update(hashlib.blake2b(part, digest_size=16).digest())
+    return h.hexdigest()
+
+
+def detect_format(path: str) -> str:
+    """Guess a source's format from what is there; raise ValueError naming the path when unsure."""
+    if not storage.exists(path):
+        raise ValueError(f"{path} does not exist")
+    if not storage.is_dir(path):
+        low = path.lower()
+        if low.endswith(".parquet"):
+            return "parquet"
+        if low.endswith(".tar"):
+            return "webdataset"
+        if low.endswith((".jsonl", ".json")):
+            return "jsonl_images"
+        raise ValueError(f"{path}: cannot tell the format from the file name (expected .tar, .parquet or .jsonl)")
+    names = [i.base_name.lower() for i in storage.list_files(path)]
+    if any(n.endswith(".tar") for n in names):
+        return "webdataset"
+    if any(n.endswith(".parquet") for n in names):
+        return "parquet"
+    if any(n.endswith(".jsonl") for n in names):
+        return "jsonl_images"
+    raise ValueError(f"{path}: no .tar, .parquet or .jsonl files found; set the source's 'format'")
+
+
+def _pick(names: list[str], configured: str | None, candidates: tuple[str, ...]) -> str | None:
+    if configured:
+        return configured
+    for c in candidates:
+        if c in names:
+            return c
+    return None
+
+
+class IngestStage(Stage):
+    kind = "ingest"
+    mode = "source"
+    Params = IngestParams
+    description = "Read a source (WebDataset tars, Parquet, or images + JSONL) into rows with stable sample ids."
+    produces = {
+        "text": pa.string(),
+        "image": pa.binary(),
+        "image_name": pa.string(),
+        "meta": pa.string(),
+    }
+    default_resources = Resources(num_cpus=1, batch_size=1)
+
+    # -- driver side: list the units -------------------------------------------
+    def list_units(self, sources: dict) -> list[dict[str, Any]]:
+        src = sources[self.params.source]
+        path = src.path
+        fmt = src.format if src.format != "auto" else detect_format(path)
+        base = {"source": self.params.source, "format": fmt,
+                "text_column": src.text_column, "image_column": src.image_column, "key_column": src.key_column}
+        if fmt == "webdataset":
+            files = [path] if not storage.is_dir(path) else [i.path for i in storage.list_files(path, ".tar")]
+            return [{**base, "path": f, "label": os.path.basename(f)} for f in files]
+        if fmt == "parquet":
+            files = [path] if not storage.is_dir(path) else [i.path for i in storage.list_files(path, ".parquet", recursive=True)]
+            units = []
+            for f in files:
+                fs, p = storage.resolve(f)
+                meta = pq.ParquetFile(p, filesystem=fs).metadata
+                group, rows = [], 0
+                for rg in range(meta.num_row_groups):
+                    group.append(rg)
+                    rows += meta.row_group(rg).num_rows
+                    if rows >= self.params.chunk_rows:
+                        units.append({**base, "path": f, "row_groups": group, "label": f"{os.path.basename(f)}#rg{group[0]}"})
+                        group, rows = [], 0
+                if group or meta.num_row_groups == 0:
+                    units.append({**base, "path": f, "row_groups": group, "label": f"{os.path.basename(f)}#rg{group[0] if group else 0}"})
+            return units
+        if fmt == "jsonl_images":
+            files = [path] if not storage.is_dir(path) else [i.path for i in storage.list_files(path, ".jsonl")]
+            units = []
+            for f in files:
+                data = storage.read_bytes(f)
+                offsets, line = [0], 0
+                for i, b in enumerate(data):
+                    if b == 10:
+                        line += 1
+                        if line % self.params.chunk_rows == 0 and i + 1 < len(data):
+                            offsets.append(i + 1)
+                offsets.append(len(data))
+                for k in range(len(offsets) - 1):
+                    units.append({**base, "path": f, "start": offsets[k], "end": offsets[k + 1],
+                                  "first_line": k * self.params.chunk_rows + 1,
+                                  "label": f"{os.path.basename(f)}:{k * self.params.chunk_rows + 1}"})
+            return units
+        raise ValueError(f"source {self.params.source!r}: unknown format {fmt!r}")
+
+    # -- worker side: read one unit ----------------------------------------------
+    def read_unit(self, unit: dict[str, Any]) -> pd.DataFrame:
+        reader = {"webdataset": self._read_tar, "parquet": self._read_parquet, "jsonl_images": self._read_jsonl}[unit["format"]]
+        rows = reader(unit)
+        return _finalize(rows, unit["source"])
+
+    def _row(self, unit, key, text, image, image_name, meta, status=KEPT, reason=None) -> dict:
+        return {"source": unit["source"], "source_key": key, "text": text, "image": image,
+                "image_name": image_name, "meta": json.dumps(meta, ensure_ascii=False, default=str) if meta else None,
+                "status": status, "reason": reason}
+
+    def _read_tar(self, unit) -> list[dict]:
+        rows: list[dict] = []
+        label = unit["label"]
+        current_key, members = None, {}
+        pending = False  # members collected for current_key but not yet turned into a row
+
+        def flush():
+            nonlocal pending
+            if pending:
+                rows.append(self._tar_sample(unit, current_key, members))
+                pending = False
+
+        try:
+            fs, p = storage.resolve(unit["path"])
+            with fs.open_input_stream(p) as raw:
+                data = raw.read()
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+                for m in tf:
+                    name = m.name
+                    base = name.rsplit("/", 1)[-1]
+                    if "." not in base:
+                        continue
+                    key = name[: len(name) - len(base)] + base.split(".", 1)[0]
+                    ext = base.split(".", 1)[1].lower()
+                    if key != current_key or not pending:
+                        flush()
+                        current_key, members, pending = key, {}, True
+                    if not m.isfile():
+                        members.setdefault("_errors", []).append(f"{ext}: not a regular file ({_tar_type(m)})")
+                        continue
+                    if m.size > self.params.max_member_bytes:
+                        members.setdefault("_errors", []).append(f"{ext}: member of {m.size} bytes exceeds max_member_bytes")
+                        continue
+                    f = tf.extractfile(m)
+                    members[ext] = f.read() if f is not None else b""
+            flush()
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            # Rows parsed before the damage are kept; the damage itself is one error row.
+            if pending:
+                members.setdefault("_errors", []).append("member cut off by a truncated tar")
+                flush()
+            rows.append(self._row(unit, f"{label}#unreadable", None, None, None, {"tar": label},
+                                  ERROR, f"corrupt_tar: {type(e).__name__}: {e}"))
+        return rows
+
+    def _tar_sample(self, unit, key: str, members: dict) -> dict:
+        errors = members.pop("_errors", [])
+        meta: dict[str, Any] = {}
+        text = None
+        status, reason = KEPT, None
+        if "json" in members:
+            try:
+                meta = json.loads(members["json"].decode("utf-8"))
+                if not isinstance(meta, dict):
+                    meta = {"json": meta}
+            except (UnicodeDecodeError, ValueError) as e:
+                status, reason = ERROR, f"bad_json: {type(e).__name__}: {e}"
+        tcol = unit.get("text_column")
+        if "txt" in members:
+            try:
+                text = members["txt"].decode("utf-8")
+            except UnicodeDecodeError:
+                status, reason = ERROR, "bad_text: caption is not valid UTF-8"
+        elif tcol and tcol in meta:
+            text = str(meta[tcol])
+        else:
+            for c in TEXT_NAMES:
+                if isinstance(meta.get(c), str):
+                    text = meta[c]
+                    break
+        image, image_name = None, None
+        for ext in IMAGE_EXTS:
+            if ext in members:
+                image, image_name = members[ext], f"{key}.{ext}"
+                break
+        source_key = str(meta.get(unit.get("key_column") or "key") or key) if isinstance(meta, dict) else key
+        if errors and status == KEPT:
+            status, reason = ERROR, "bad_member: " + "; ".join(errors)
+        elif image is None and status == KEPT:
+            status, reason = ERROR, "missing_image: no image member (" + ", ".join(sorted(members)) + ")"
+        return self._row(unit, source_key, text, image, image_name, meta, status, reason)
+
+    def _read_parquet(self, unit) -> list[dict]:
+        fs, p = storage.resolve(unit["path"])
+        pf = pq.ParquetFile(p, filesystem=fs)
+        names = pf.schema_arrow.names
+        tcol = _pick(names, unit.get("text_column"), TEXT_NAMES)
+        icol = _pick(names, unit.get("image_column"), IMAGE_NAMES)
+        kcol = _pick(names, unit.get("key_column"), KEY_NAMES)
+        for configured, label in ((unit.get("text_column"), "text_column"), (unit.get("image_column"), "image_column"),
+                                  (unit.get("key_column"), "key_column")):
+            if configured and configured not in names:
+                raise ValueError(f"{unit['path']}: source field {label}={configured!r} is not a column; columns: {names}")
+        if not unit["row_groups"]:
+            return []
+        table = pf.read_row_groups(unit["row_groups"])
+        first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["row_groups"][0]))
+        base_dir = os.path.dirname(unit["path"])
+        rows = []
+        other = [c for c in names if c not in (tcol, icol, kcol)]
+        data = table.to_pylist()
+        for i, rec in enumerate(data):
+            key = str(rec[kcol]) if kcol and rec.get(kcol) is not None else f"{os.path.basename(unit['path'])}:{first_row + i}"
+            status, reason = KEPT, None
+            text = rec.get(tcol) if tcol else None
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError:
+                    text, status, reason = None, ERROR, "bad_text: text is not valid UTF-8"
+            image, image_name = None, None
+            if icol:
+                val = rec.get(icol)
+                if isinstance(val, dict):
+                    image, image_name = val.get("bytes"), val.get("path")
+                    if image is None and image_name:
+                        val = image_name
+                if isinstance(val, (bytes, bytearray)):
+                    image = bytes(val)
+                elif isinstance(val, str) and val:
+                    image_name = val
+                    image, err = self._read_image_file(base_dir, val)
+                    if err and status == KEPT:
+                        status, reason = ERROR, err
+            meta = {c: rec[c] for c in other if c in rec and not isinstance(rec[c], (bytes, bytearray))}
+            rows.append(self._row(unit, key, text, image, image_name, meta, status, reason))
+        return rows
+
+    def _read_image_file(self, base_dir: str, rel: str) -> tuple[bytes | None, str | None]:
+        path = rel if ("://" in rel or os.path.isabs(rel)) else storage.join(base_dir, rel)
+        try:
+            fs, p = storage.resolve(path)
+            info = fs.get_file_info(p)
+            if info.type.name != "File":
+                return None, f"missing_image: {rel}"
+            if info.size > self.params.max_member_bytes:
+                return None, f"bad_member: image file of {info.size} bytes exceeds max_member_bytes"
+            with fs.open_input_stream(p) as f:
+                return f.read(), None
+        except OSError as e:
+            return None, f"missing_image: {rel}: {e}"
+
+    def _read_jsonl(self, unit) -> list[dict]:
+        fs, p = storage.resolve(unit["path"])
+        with fs.open_input_file(p) as f:
+            f.seek(unit["start"])
+            data = f.read(unit["end"] - unit["start"])
+        base_dir = os.path.dirname(unit["path"])
+        rows = []
+        for n, raw in enumerate(data.split(b"\n")):
+            lineno = unit["first_line"] + n
+            if not raw.strip():
+                continue
+            fallback_key = f"{os.path.basename(unit['path'])}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                rows.append(self._row(unit, fallback_key, None, None, None, None, ERROR, f"bad_text: line {lineno} is not valid UTF-8"))
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("line is not a JSON object")
+            except ValueError as e:
+                rows.append(self._row(unit, fallback_key, None, None, None, {"line": line[:200]}, ERROR, f"bad_json: line {lineno}: {e}"))
+                continue
+            names = list(rec)
+            tcol = _pick(names, unit.get("text_column"), TEXT_NAMES)
+            icol = _pick(names, unit.get("image_column"), IMAGE_NAMES)
+            kcol = _pick(names, unit.get("key_column"), KEY_NAMES)
+            key = str(rec[kcol]) if kcol and rec.get(kcol) is not None else fallback_key
+            text = rec.get(tcol) if tcol else None
+            status, reason = KEPT, None
+            if text is not None and not isinstance(text, str):
+                text = json.dumps(text, ensure_ascii=False)
+            image, image_name = None, None
+            if icol and isinstance(rec.get(icol), str):
+                image_name = rec[icol]
+                image, err = self._read_image_file(base_dir, image_name)
+                if err:
+                    status, reason = ERROR, err
+            meta = {c: v for c, v in rec.items() if c not in (tcol, icol, kcol)}
+            rows.append(self._row(unit, key, text, image, image_name, meta, status, reason))
+        return rows
+
+
+def _tar_type(m: tarfile.TarInfo) -> str:
+    if m.issym():
+        return "symlink"
+    if m.islnk():
+        return "hard link"
+    if m.isdir():
+        return "directory"
+    if m.isdev():
+        return "device"
+    return "special"
+
+
+def _finalize(rows: list[dict], source: str) -> pd.DataFrame:
+    """Assign sample ids; a repeated id (same key and content twice) is dropped as a duplicate."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        sid = sample_id_for(source, r["source_key"] or "", r["image"], r["text"])
+        if sid in seen:
+            n = 2
+            while f"{sid}#{n}" in seen:
+                n += 1
+            dup_of = sid
+            sid = sample_id_for(source, f"{r['source_key']}#{n}", r["image"], r["text"])
+            if r["status"] == KEPT:
+                r["status"], r["reason"] = DROPPED, f"duplicate_of:{dup_of}"
+            seen[f"{dup_of}#{n}"] = sid
+        seen[sid] = sid
+        r["sample_id"] = sid
+    cols = ["sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta"]
+    return pd.DataFrame(rows, columns=cols)

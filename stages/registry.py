@@ -1,0 +1,22 @@
+"""Stage kinds by name, so configs can say ``kind: decode``."""
+from __future__ import annotations
+
+from stages.base import Stage
+
+
+def stage_kinds() -> dict[str, type[Stage]]:
+    """All built-in stage kinds. Imported lazily so workers load only what they run."""
+    from stages.decode import DecodeStage
+    from stages.filter import FilterStage
+    from stages.ingest import IngestStage
+    from stages.shard import ShardStage
+
+    kinds = [IngestStage, DecodeStage, FilterStage, ShardStage]
+    return {k.kind: k for k in kinds}
+
+
+def get_stage_kind(kind: str) -> type[Stage]:
+    kinds = stage_kinds()
+    if kind not in kinds:
+        raise KeyError(kind)
+    return kinds[kind]

@@ -1,0 +1,251 @@
+"""shard: write kept rows as WebDataset tar shards for a training job.
+
+Shards are ``{corpus}-{index:06d}.tar``, numbered without gaps, a fixed number
+of samples each, in a deterministic order (a seeded hash of ``sample_id``, so
+the same kept set gives the same shards whatever the block or worker count).
+Tar headers are normalised (mtime 0, uid 0, no user names), so a rerun writes
+byte-identical files. Beside them: ``index.parquet`` (sample_id -> shard,
+member key) and ``shards.json`` (shard list with sample counts).
+
+Each sample carries its media bytes as ingested and a ``.json`` with the
+text, scores, source and the counts a packing trainer needs (SPEC.md): text
+tokens, images, tiles, visual tokens and total length.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import tarfile
+import time
+from typing import Any, Callable
+
+import pyarrow as pa
+import ray
+from pydantic import Field
+
+from pipeline import storage
+from stages.base import KEPT, Params, Resources, Stage
+
+_REGEX_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_NOT_SCORES = {"sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta",
+               "image_hash", "image_format", "_chunk", "_decided_at", "_order"}
+
+
+class ShardParams(Params):
+    corpus: str = Field("corpus", pattern=r"^[A-Za-z0-9_.-]+$", description="shard name prefix: {corpus}-000000.tar")
+    samples_per_shard: int = Field(1000, ge=1)
+    seed: int | None = Field(None, description="shuffle seed; defaults to the pipeline's seed")
+    tokenizer: str = Field("regex", description="'regex' (words and punctuation, offline) or a tokenizer.json path, local folder or hub id")
+    tile_size: int = Field(448, ge=1, description="visual tile side in pixels (SPEC.md: 448)")
+    tokens_per_tile: int = Field(256, ge=1, description="visual tokens per tile after 2x2 merge (SPEC.md: 256)")
+    max_tiles: int = Field(12, ge=1, description="cap on dynamic tiles per image")
+    thumbnail: bool = Field(True, description="add a global thumbnail tile when an image spans several tiles")
+    text_field: str = Field("caption", description="name of the text field in each sample's .json")
+
+
+class TokenCounter:
+    """Counts text tokens with the configured tokenizer; loaded once per writer task."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self._tok = None
+        if spec != "regex":
+            if spec.endswith(".json"):
+                from tokenizers import Tokenizer
+
+                self._tok = Tokenizer.from_file(spec)
+                self._encode = lambda t: len(self._tok.encode(t, add_special_tokens=False).ids)
+            else:
+                from transformers import AutoTokenizer
+
+                self._tok = AutoTokenizer.from_pretrained(spec)
+                self._encode = lambda t: len(self._tok(t, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, text: str | None) -> int:
+        if not text:
+            return 0
+        if self._tok is None:
+            return len(_REGEX_TOKEN.findall(text))
+        return self._encode(text)
+
+
+def visual_tokens(width: int | None, height: int | None, p: ShardParams) -> tuple[int, int]:
+    """(tiles, visual tokens) for one image under dynamic tiling (see docs/architecture.md)."""
+    if not width or not height:
+        return 0, 0
+    tiles = min(p.max_tiles, math.ceil(width / p.tile_size) * math.ceil(height / p.tile_size))
+    if tiles > 1 and p.thumbnail:
+        tiles += 1
+    return tiles, tiles * p.tokens_per_tile
+
+
+def order_key(seed: int, sample_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{sample_id}".encode(), digest_size=8).digest(), "big") >> 1
+
+
+def _add_order(table: pa.Table, seed: int) -> pa.Table:
+    keys = [order_key(seed, s) for s in table.column("sample_id").to_pylist()]
+    return table.append_column("_order", pa.array(keys, pa.int64()))
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
+    return ti
+
+
+def _sample_json(row: dict, p: ShardParams, counter: TokenCounter, media_name: str | None) -> dict:
+    tiles, vtok = visual_tokens(row.get("width"), row.get("height"), p)
+    ttok = counter(row.get("text"))
+    scores = {k: v for k, v in row.items() if k not in _NOT_SCORES and not k.startswith("_")
+              and isinstance(v, (int, float, bool)) and not (isinstance(v, float) and math.isnan(v))}
+    meta = None
+    if row.get("meta"):
+        try:
+            meta = json.loads(row["meta"])
+        except ValueError:
+            meta = row["meta"]
+    return {
+        "sample_id": row["sample_id"], "source": row.get("source"), "source_key": row.get("source_key"),
+        p.text_field: row.get("text"), "image": media_name, "scores": scores, "meta": meta,
+        "tokens": {"text": ttok, "images": 1 if media_name else 0, "tiles": tiles, "visual": vtok, "total": ttok + vtok,
+                   "tokenizer": p.tokenizer},
+        "bucket": row.get("bucket"),
+    }
+
+
+def write_shard(index: int, name: str, out_dir: str, pieces: list[tuple[int, int]], params: dict, *blocks: pa.Table) -> dict:
+    """Write one shard (atomically), then its index part, which marks it complete."""
+    p = ShardParams(**params)
+    counter = TokenCounter(p.tokenizer)
+    rows: list[dict] = []
+    for (lo, hi), block in zip(pieces, blocks):
+        rows.extend(block.slice(lo, hi - lo).to_pylist())
+    index_rows = []
+    with storage.open_output_atomic(storage.join(out_dir, name)) as out:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
+            for pos, row in enumerate(rows):
+                key = row["sample_id"]
+                media_name = None
+                members: list[tuple[str, bytes]] = []
+                if row.get("image") is not None:
+                    ext = (row.get("image_format") or (row.get("image_name") or "").rsplit(".", 1)[-1] or "bin").lower()
+                    ext = {"jpeg": "jpg"}.get(ext, ext)
+                    if not re.fullmatch(r"[a-z0-9]{1,5}", ext):
+                        ext = "bin"
+                    media_name = f"{key}.{ext}"
+                    members.append((media_name, row["image"]))
+                meta = _sample_json(row, p, counter, media_name)
+                members.insert(0, (f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")))
+                if row.get("text") is not None:
+                    members.append((f"{key}.txt", row["text"].encode("utf-8")))
+                for mname, data in members:
+                    tf.addfile(_tarinfo(mname, len(data)), io.BytesIO(data))
+                index_rows.append({"sample_id": key, "source": row.get("source"), "source_key": row.get("source_key"),
+                                   "shard": name, "key": key, "position": pos,
+                                   "text_tokens": meta["tokens"]["text"], "visual_tokens": meta["tokens"]["visual"]})
+    table = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
+    storage.write_parquet(storage.join(out_dir, "_index", f"{index:06d}.parquet"), table)
+    return {"index": index, "name": name, "samples": len(rows)}
+
+
+INDEX_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("source", pa.string()), ("source_key", pa.string()), ("shard", pa.string()),
+    ("key", pa.string()), ("position", pa.int32()), ("text_tokens", pa.int64()), ("visual_tokens", pa.int64()),
+])
+
+
+class ShardStage(Stage):
+    kind = "shard"
+    mode = "global"
+    sink = True
+    Params = ShardParams
+    description = "Write WebDataset tar shards (deterministic order, N per shard) + index.parquet + shards.json."
+    default_resources = Resources(num_cpus=1, batch_size=1000)
+
+    def manifest_columns(self) -> list[str]:
+        return ["shard", "key", "position", "text_tokens", "visual_tokens"]
+
+    def run_global(self, ds, run_dir: str, seed: int, resume: bool, log: Callable[[str], None]) -> list[str]:
+        """Returns the index part URIs, from which the runner writes this stage's manifest."""
+        import ray
+
+        p = self.params
+        out_dir = storage.join(run_dir, "shards")
+        if not resume:
+            storage.rmtree(out_dir)
+        storage.makedirs(storage.join(out_dir, "_index"))
+        seed = p.seed if p.seed is not None else seed
+        ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None).sort("_order")
+        refs = ds.to_arrow_refs()
+        counts = ray.get([_num_rows.remote(r) for r in refs])
+        total = sum(counts)
+        n_shards = math.ceil(total / p.samples_per_shard)
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        done = {i.base_name for i in storage.list_files(storage.join(out_dir, "_index"), ".parquet")}
+        pending = []
+        writer = ray.remote(num_cpus=self.default_resources.num_cpus)(write_shard)
+        for i in range(n_shards):
+            name = f"{p.corpus}-{i:06d}.tar"
+            if f"{i:06d}.parquet" in done and storage.exists(storage.join(out_dir, name)):
+                continue
+            lo, hi = i * p.samples_per_shard, min(total, (i + 1) * p.samples_per_shard)
+            pieces, blocks = [], []
+            for b, (s, e) in enumerate(zip(starts[:-1], starts[1:])):
+                if e <= lo or s >= hi:
+                    continue
+                pieces.append((max(lo, s) - s, min(hi, e) - s))
+                blocks.append(refs[b])
+            pending.append(writer.remote(i, name, out_dir, pieces, p.model_dump(mode="json"), *blocks))
+        if len(pending) < n_shards:
+            log(f"{self.name}: resuming, {n_shards - len(pending)} of {n_shards} shards already written")
+        finished, last = 0, time.time()
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)
+            finished += 1
+            if time.time() - last > 5 or not pending:
+                log(f"{self.name}: {finished} shards written, {len(pending)} to go")
+                last = time.time()
+        # Shards numbered past the end belong to an earlier, larger run: remove them.
+        for info in storage.list_files(out_dir, ".tar"):
+            m = re.fullmatch(rf"{re.escape(p.corpus)}-(\d+)\.tar", info.base_name)
+            if not m or int(m.group(1)) >= n_shards:
+                storage.remove(storage.join(out_dir, info.base_name))
+        for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
+            if int(info.base_name.split(".")[0]) >= n_shards:
+                storage.remove(storage.join(out_dir, "_index", info.base_name))
+        parts = [storage.join(out_dir, "_index", f"{i:06d}.parquet") for i in range(n_shards)]
+        shard_list = []
+        import pyarrow.parquet as pq
+
+        for i, part in enumerate(parts):
+            fs, path = storage.resolve(part)
+            shard_list.append({"name": f"{p.corpus}-{i:06d}.tar", "samples": pq.ParquetFile(path, filesystem=fs).metadata.num_rows})
+        _concat_parquet(parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA)
+        storage.write_json(storage.join(out_dir, "shards.json"), {
+            "corpus": p.corpus, "samples_per_shard": p.samples_per_shard, "seed": seed,
+            "total_samples": total, "num_shards": n_shards, "shards": shard_list,
+            "index": "index.parquet", "member_suffixes": ["json", "<image ext>", "txt"],
+        })
+        return parts
+
+
+@ray.remote(num_cpus=1)
+def _num_rows(table: pa.Table) -> int:
+    return table.num_rows
+
+
+def _concat_parquet(parts: list[str], out: str, schema: pa.Schema) -> None:
+    import pyarrow.parquet as pq
+
+    with storage.open_output_atomic(out) as handle:
+        with pq.ParquetWriter(handle, schema) as w:
+            for part in parts:
+                fs, path = storage.resolve(part)
+                w.write_table(pq.read_table(path, filesystem=fs).cast(schema))
