@@ -53,7 +53,8 @@ def ensure_ray() -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+        # "local", not None: None would silently attach to any cluster `ray start` left on this host.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level="WARNING")
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -259,8 +260,7 @@ class Runner:
                 )
                 rest = seg.nodes[1:]
             else:
-                files = self._upstream_files(seg, set(pending))
-                ds = rd.read_parquet(files, partitioning=None).filter(expr=f"status == '{KEPT}'")
+                ds = _read_kept(self._upstream_files(seg, set(pending)))
                 rest = seg.nodes
             for node in rest:
                 ds = self._apply_stage(ds, node)
@@ -324,7 +324,7 @@ class Runner:
         expected = self._expected_from_upstream(seg)
         files = self._upstream_files(seg, set(expected))
         if files:
-            ds = rd.read_parquet(files, partitioning=None).filter(expr=f"status == '{KEPT}'")
+            ds = _read_kept(files)
         else:
             ds = rd.from_arrow(pa.schema(list(seg.end.columns.items()) + list(RUNNER_COLUMNS.items())).empty_table())
         stage = node.make_stage(self._context(node.name))
@@ -337,6 +337,14 @@ class Runner:
             "counts": counts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return counts
+
+
+def _read_kept(files: list[str]):
+    """The rows an upstream checkpoint kept; dropped and error rows stop there."""
+    import ray.data as rd
+    from ray.data.expressions import col
+
+    return rd.read_parquet(files, partitioning=None).filter(expr=col("status") == KEPT)
 
 
 def _manifest_extra(node) -> list[str]:

@@ -186,6 +186,11 @@ class IngestStage(Stage):
                         continue
                     f = tf.extractfile(m)
                     members[ext] = f.read() if f is not None else b""
+                # tarfile stops quietly at a cut or garbled header after the first member;
+                # a complete archive has a zero (end-of-archive) block where it stopped.
+                tf.fileobj.seek(tf.offset)
+                if tf.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+                    raise tarfile.ReadError(f"no end-of-archive block at byte {tf.offset} (truncated or garbled header)")
             flush()
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # Rows parsed before the damage are kept; the damage itself is one error row.
@@ -280,7 +285,7 @@ class IngestStage(Stage):
         return rows
 
     def _read_image_file(self, base_dir: str, rel: str) -> tuple[bytes | None, str | None]:
-        path = rel if ("://" in rel or os.path.isabs(rel)) else storage.join(base_dir, rel)
+        path = rel if ("://" in rel or os.path.isabs(rel) or not base_dir) else storage.join(base_dir, rel)
         try:
             fs, p = storage.resolve(path)
             info = fs.get_file_info(p)
@@ -351,19 +356,18 @@ def _tar_type(m: tarfile.TarInfo) -> str:
 
 def _finalize(rows: list[dict], source: str) -> pd.DataFrame:
     """Assign sample ids; a repeated id (same key and content twice) is dropped as a duplicate."""
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for r in rows:
         sid = sample_id_for(source, r["source_key"] or "", r["image"], r["text"])
         if sid in seen:
-            n = 2
-            while f"{sid}#{n}" in seen:
+            # KEY#2, KEY#3, ...: the first suffix whose id no earlier row holds (a row's own
+            # key may already look like KEY#2).
+            dup_of, n = sid, 2
+            while (sid := sample_id_for(source, f"{r['source_key']}#{n}", r["image"], r["text"])) in seen:
                 n += 1
-            dup_of = sid
-            sid = sample_id_for(source, f"{r['source_key']}#{n}", r["image"], r["text"])
             if r["status"] == KEPT:
                 r["status"], r["reason"] = DROPPED, f"duplicate_of:{dup_of}"
-            seen[f"{dup_of}#{n}"] = sid
-        seen[sid] = sid
+        seen.add(sid)
         r["sample_id"] = sid
     cols = ["sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta"]
     return pd.DataFrame(rows, columns=cols)
