@@ -16,7 +16,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.from_stage and args.only_stage:
         raise ConfigError("--from and --only cannot be combined")
-    config = load_config(args.config, overrides=args.set, inputs=args.input)
+    config = load_config(args.config, overrides=args.set, inputs=args.input, smoke=args.smoke, limit=args.limit)
     run_dir = args.out or os.path.join("runs", config.name)
     record = run_pipeline(config, RunOptions(run_dir=run_dir, from_stage=args.from_stage,
                                              only_stage=args.only_stage, force=args.force))
@@ -80,6 +80,15 @@ def _cmd_stages(args) -> int:
     return 0
 
 
+def _cmd_tiny_models(args) -> int:
+    from judges.tiny_models import build_all
+    from pipeline.smoke import tiny_model_cache
+
+    for name, path in build_all(args.dir or tiny_model_cache()).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sailcurate", description="Curate vision-language training data on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="ignore all checkpoints and rerun everything")
     run.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                      help="override a config field (repeatable), validated like the file")
+    run.add_argument("--smoke", action="store_true",
+                     help="swap every model for a tiny local random model (built on first use) for a cheap end-to-end check")
+    run.add_argument("--limit", type=int, metavar="N", help="read at most N rows per ingest stage")
     run.set_defaults(func=_cmd_run)
 
     man = sub.add_parser("manifest", help="inspect a run's manifests")
@@ -110,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=20)
     show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     show.set_defaults(func=_cmd_manifest_show)
+
+    tiny = sub.add_parser("tiny-models", help="build the tiny local random models that --smoke and the tests use")
+    tiny.add_argument("dir", nargs="?", help="where (default: $SAILCURATE_CACHE or ~/.cache/sailcurate, /tiny-models)")
+    tiny.set_defaults(func=_cmd_tiny_models)
 
     st = sub.add_parser("stages", help="list stage kinds with their parameters")
     st.set_defaults(func=_cmd_stages)

@@ -222,8 +222,12 @@ def parse_config(raw: dict[str, Any], where: str) -> PipelineConfig:
     )
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, inputs: list[str] | None = None) -> PipelineConfig:
-    """Read, override and validate a pipeline file. Raises ConfigError."""
+def load_config(path: str | Path, overrides: list[str] | None = None, inputs: list[str] | None = None,
+                smoke: bool = False, limit: int | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline file. Raises ConfigError.
+
+    ``smoke`` swaps every model for a tiny local one (pipeline/smoke.py); ``limit`` caps ingest rows.
+    """
     where = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -235,4 +239,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None, inputs: li
         raise ConfigError(f"{where}: not valid YAML: {e}") from None
     raw = apply_inputs(raw or {}, list(inputs or []), where)
     raw = apply_overrides(raw, list(overrides or []), where)
+    if smoke:
+        from pipeline.smoke import apply_smoke
+
+        raw = apply_smoke(raw, limit)
+    elif limit is not None:
+        for stage in raw.get("stages") or []:
+            if isinstance(stage, dict) and stage.get("kind") == "ingest":
+                stage["limit"] = limit
     return parse_config(raw, where)

@@ -264,15 +264,21 @@ class Runner:
                 rest = seg.nodes
             for node in rest:
                 ds = self._apply_stage(ds, node)
-            ds = ds.map_batches(
-                write_fragments, batch_size=None, batch_format="pyarrow",
-                fn_args=(self.run_dir, seg.name, schema), num_cpus=0.25,
-            )
-            for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                pass
+            self._write(ds, seg, schema)
+        return self._finish(seg, ckpt, chunk_ids, expected if not is_source else None)
 
-        # Verify: every chunk complete (source counts now known), then manifests.
-        if is_source:
+    def _write(self, ds, seg: Segment, schema: pa.Schema) -> None:
+        """The last step of every segment plan: commit fragments; only counts reach the driver."""
+        ds = ds.map_batches(
+            write_fragments, batch_size=None, batch_format="pyarrow",
+            fn_args=(self.run_dir, seg.name, schema), num_cpus=0.25,
+        )
+        for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            pass
+
+    def _finish(self, seg: Segment, ckpt: Checkpoint, chunk_ids: list[str], expected: dict[str, int] | None) -> dict[str, dict]:
+        """Verify every chunk is complete, derive the manifests, check conservation, publish."""
+        if expected is None:  # a source segment: the readers recorded what each unit held
             counts = ckpt.source_counts()
             missing = [c for c in chunk_ids if c not in counts]
             if missing:
@@ -316,27 +322,43 @@ class Runner:
 
     # -- global segments ------------------------------------------------------
     def _run_global(self, seg: Segment, ckpt: Checkpoint, force: bool) -> dict[str, dict]:
-        """A stage that needs the whole upstream at once (today: the shard sink)."""
+        """A stage that needs the whole upstream at once: a sink (shard) or a transform
+        (percentile cuts, dedup) whose output is committed per chunk like any segment."""
         import ray.data as rd
 
         node = seg.end
         resumed = ckpt.prepare(node.fingerprint, force)
         expected = self._expected_from_upstream(seg)
         files = self._upstream_files(seg, set(expected))
-        if files:
-            ds = _read_kept(files)
-        else:
-            ds = rd.from_arrow(pa.schema(list(seg.end.columns.items()) + list(RUNNER_COLUMNS.items())).empty_table())
+        columns = list(seg.end.columns.items()) + list(RUNNER_COLUMNS.items())
+        ds = _read_kept(files) if files else rd.from_arrow(pa.schema(columns).empty_table())
         stage = node.make_stage(self._context(node.name))
-        parts = stage.run_global(ds, self.run_dir, self.config.seed, resumed, self.options.log)
-        counts = {node.name: write_sink_manifest(self.run_dir, node.name, parts)}
-        _check_conservation(seg, counts, sum(expected.values()))
-        ckpt.finish({
-            "fingerprint": node.fingerprint, "stages": [node.name],
-            "chunks": {c: {"rows": n, "kept": 0} for c, n in expected.items()},
-            "counts": counts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
-        return counts
+        if node.stage_cls.sink:
+            parts = stage.run_global(ds, self.run_dir, self.config.seed, resumed, self.options.log)
+            counts = {node.name: write_sink_manifest(self.run_dir, node.name, parts)}
+            _check_conservation(seg, counts, sum(expected.values()))
+            ckpt.finish({
+                "fingerprint": node.fingerprint, "stages": [node.name],
+                "chunks": {c: {"rows": n, "kept": 0} for c, n in expected.items()},
+                "counts": counts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+            return counts
+        chunk_ids = sorted(expected)
+        have = ckpt.rows_by_chunk()
+        pending = {c for c in chunk_ids if have.get(c, 0) != expected[c]}
+        ckpt.drop_chunks(pending)
+        if pending:
+            # The decision needs every row; only the chunks not yet committed are written.
+            ds = stage.transform(ds, seed=self.config.seed, log=self.options.log)
+            ds = ds.map_batches(_only_chunks, fn_args=(sorted(pending),), batch_format="pyarrow", batch_size=None)
+            self._write(ds, seg, self._schema(seg))
+        return self._finish(seg, ckpt, chunk_ids, expected)
+
+
+def _only_chunks(table: pa.Table, chunks: list[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_in(table.column(CHUNK_COLUMN), pa.array(chunks, pa.string())))
 
 
 def _read_kept(files: list[str]):

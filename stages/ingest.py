@@ -40,6 +40,7 @@ class IngestParams(Params):
     source: str = Field(..., description="name of a source under 'sources' in the pipeline file")
     chunk_rows: int = Field(10_000, ge=1, description="rows per commit unit for parquet and jsonl sources")
     max_member_bytes: int = Field(256 * 1024 * 1024, ge=1, description="larger tar members / images are error rows")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows (smoke runs); None reads all")
 
 
 def sample_id_for(source: str, key: str, image: bytes | None, text: str | None) -> str:
@@ -97,6 +98,20 @@ class IngestStage(Stage):
 
     # -- driver side: list the units -------------------------------------------
     def list_units(self, sources: dict) -> list[dict[str, Any]]:
+        units = self._list_all_units(sources)
+        if self.params.limit is None:
+            return units
+        # Keep the first units up to the limit; each reads at most what is left of it.
+        out, left = [], self.params.limit
+        for u in units:
+            if left <= 0:
+                break
+            known = u.get("rows")
+            out.append({**u, "max_rows": left})
+            left -= known if known is not None else left
+        return out
+
+    def _list_all_units(self, sources: dict) -> list[dict[str, Any]]:
         src = sources[self.params.source]
         path = src.path
         fmt = src.format if src.format != "auto" else detect_format(path)
@@ -116,10 +131,12 @@ class IngestStage(Stage):
                     group.append(rg)
                     rows += meta.row_group(rg).num_rows
                     if rows >= self.params.chunk_rows:
-                        units.append({**base, "path": f, "row_groups": group, "label": f"{os.path.basename(f)}#rg{group[0]}"})
+                        units.append({**base, "path": f, "row_groups": group, "rows": rows,
+                                      "label": f"{os.path.basename(f)}#rg{group[0]}"})
                         group, rows = [], 0
                 if group or meta.num_row_groups == 0:
-                    units.append({**base, "path": f, "row_groups": group, "label": f"{os.path.basename(f)}#rg{group[0] if group else 0}"})
+                    units.append({**base, "path": f, "row_groups": group, "rows": rows,
+                                  "label": f"{os.path.basename(f)}#rg{group[0] if group else 0}"})
             return units
         if fmt == "jsonl_images":
             files = [path] if not storage.is_dir(path) else [i.path for i in storage.list_files(path, ".jsonl")]
@@ -135,7 +152,7 @@ class IngestStage(Stage):
                 offsets.append(len(data))
                 for k in range(len(offsets) - 1):
                     units.append({**base, "path": f, "start": offsets[k], "end": offsets[k + 1],
-                                  "first_line": k * self.params.chunk_rows + 1,
+                                  "first_line": k * self.params.chunk_rows + 1, "rows": self.params.chunk_rows,
                                   "label": f"{os.path.basename(f)}:{k * self.params.chunk_rows + 1}"})
             return units
         raise ValueError(f"source {self.params.source!r}: unknown format {fmt!r}")
@@ -144,6 +161,8 @@ class IngestStage(Stage):
     def read_unit(self, unit: dict[str, Any]) -> pd.DataFrame:
         reader = {"webdataset": self._read_tar, "parquet": self._read_parquet, "jsonl_images": self._read_jsonl}[unit["format"]]
         rows = reader(unit)
+        if unit.get("max_rows") is not None:
+            rows = rows[: unit["max_rows"]]
         return _finalize(rows, unit["source"])
 
     def _row(self, unit, key, text, image, image_name, meta, status=KEPT, reason=None) -> dict:

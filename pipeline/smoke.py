@@ -1,0 +1,46 @@
+"""Smoke runs: a real config, every model swapped for a tiny local random one, few rows.
+
+``sailcurate run CONFIG --smoke [--limit N]`` checks a cluster config end to
+end on a laptop: the same stages, engines and code paths, on tiny models built
+locally on first use (no download) and at most N input rows per ingest stage.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def tiny_model_cache() -> Path:
+    root = os.environ.get("SAILCURATE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sailcurate")
+    return Path(root) / "tiny-models"
+
+
+def apply_smoke(raw: dict[str, Any], limit: int | None, cache: Path | None = None) -> dict[str, Any]:
+    """Rewrite a raw pipeline dict in place: tiny models everywhere, ingest limited to ``limit`` rows."""
+    from judges.tiny_models import TINY_CLIP, TINY_CLIP_MODEL_NAME, TINY_QWEN2, TINY_QWEN2VL, build_all
+
+    paths = build_all(cache or tiny_model_cache())
+    for stage in raw.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        kind = stage.get("kind")
+        if kind == "ingest" and limit is not None:
+            stage["limit"] = limit
+        engine = stage.get("engine")
+        if isinstance(engine, dict):
+            text_only = "image_column" in stage and stage["image_column"] in (None, "", "null")
+            engine["model"] = str(paths[TINY_QWEN2 if text_only else TINY_QWEN2VL])
+            if engine.get("kind") == "openai":  # no server here: the same requests through the local engine
+                engine["kind"] = "vllm"
+                for key in ("base_url", "api_key_env"):
+                    engine.pop(key, None)
+            engine["max_model_len"] = min(int(engine.get("max_model_len", 4096)), 4096)
+            res = stage.setdefault("resources", {})
+            res["num_gpus"] = 0
+        if kind == "clip_score":
+            clip = stage.setdefault("clip", {})
+            clip.update({"model": TINY_CLIP_MODEL_NAME, "config_dir": str(paths[TINY_CLIP]),
+                         "pretrained": str(paths[TINY_CLIP] / "open_clip_model.safetensors")})
+            stage.setdefault("resources", {})["num_gpus"] = 0
+    return raw
