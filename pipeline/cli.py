@@ -80,6 +80,15 @@ def _cmd_stages(args) -> int:
     return 0
 
 
+def _cmd_export_labels(args) -> int:
+    from judges.labels import export_judge_labels
+
+    result = export_judge_labels(args.run_dir, args.rubric, args.out or os.path.join(args.run_dir, "judge_labels", args.rubric),
+                                 stage=args.stage)
+    print(f"{result['labels']} labels written to {result['path']} ({result['skipped']} rows without a valid answer skipped)")
+    return 0
+
+
 def _cmd_tiny_models(args) -> int:
     from judges.tiny_models import build_all
     from pipeline.smoke import tiny_model_cache
@@ -122,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=20)
     show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     show.set_defaults(func=_cmd_manifest_show)
+
+    ex = sub.add_parser("export-judge-labels", help="a judge's answers as chat-format JSONL, to fine-tune a small judge")
+    ex.add_argument("run_dir")
+    ex.add_argument("--rubric", required=True, help="rubric name or prefix, e.g. ita or ita_score")
+    ex.add_argument("--stage", help="judge stage name when the run has several")
+    ex.add_argument("--out", help="output folder (default RUN_DIR/judge_labels/RUBRIC)")
+    ex.set_defaults(func=_cmd_export_labels)
 
     tiny = sub.add_parser("tiny-models", help="build the tiny local random models that --smoke and the tests use")
     tiny.add_argument("dir", nargs="?", help="where (default: $SAILCURATE_CACHE or ~/.cache/sailcurate, /tiny-models)")

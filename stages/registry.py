@@ -6,12 +6,14 @@ from stages.base import Stage
 
 def stage_kinds() -> dict[str, type[Stage]]:
     """All built-in stage kinds. Imported lazily so workers load only what they run."""
+    from stages.clip import ClipFilterStage, ClipScoreStage
     from stages.decode import DecodeStage
     from stages.filter import FilterStage
     from stages.ingest import IngestStage
+    from stages.judge import JudgeStage
     from stages.shard import ShardStage
 
-    kinds = [IngestStage, DecodeStage, FilterStage, ShardStage]
+    kinds = [IngestStage, DecodeStage, FilterStage, ClipScoreStage, ClipFilterStage, JudgeStage, ShardStage]
     return {k.kind: k for k in kinds}
 
 

@@ -1,0 +1,101 @@
+"""open_clip image and text towers, batched, for cheap image-text similarity.
+
+The image tower is what a clip stage spends its GPU time on, so decoding is
+kept cheap (PIL ``draft`` shrinks JPEGs while decoding) and inference runs in
+fp16/bf16 on GPU. Cosine similarity of L2-normalised embeddings is returned;
+CLIP models differ in scale, so filters should cut by percentile, not by a
+fixed cosine.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from judges.engines.base import ModelNotFound
+
+
+@dataclass
+class ClipOutput:
+    similarity: np.ndarray      # float32, NaN where the row failed
+    errors: list[str | None]
+
+
+class ClipEngine:
+    def __init__(self, model: str, pretrained: str | None = None, *, config_dir: str | None = None,
+                 device: str = "auto", precision: str = "auto", batch_size: int = 256):
+        self.model_name = model
+        self.pretrained = pretrained
+        self.config_dir = config_dir
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self.model = None
+
+    def setup(self) -> None:
+        import open_clip
+        import torch
+
+        if self.config_dir:
+            if not os.path.isdir(self.config_dir):
+                raise ModelNotFound(f"open_clip config_dir {self.config_dir!r} does not exist")
+            open_clip.add_model_config(self.config_dir)
+        if self.model_name not in open_clip.list_models():
+            raise ModelNotFound(
+                f"open_clip model {self.model_name!r} is not a known config; known include "
+                f"{', '.join(open_clip.list_models()[:6])}, ...; add a custom config with 'config_dir'"
+            )
+        if self.pretrained and (os.sep in self.pretrained or self.pretrained.endswith((".bin", ".pt", ".safetensors"))) \
+                and not os.path.exists(self.pretrained):
+            raise ModelNotFound(f"open_clip weights {self.pretrained!r} not found: give a local file or an open_clip pretrained tag")
+        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        precision = self.precision if self.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name, pretrained=self.pretrained, device=device, precision=precision)
+        except RuntimeError as e:
+            raise ModelNotFound(f"open_clip could not load {self.model_name!r} (pretrained={self.pretrained!r}): {e}") from e
+        model.eval()
+        self.model, self.preprocess = model, preprocess
+        self.tokenizer = open_clip.get_tokenizer(self.model_name)
+        self._device = device
+        size = getattr(model.visual, "image_size", 224)
+        self._side = size[0] if isinstance(size, (tuple, list)) else size
+
+    def _load(self, data: bytes):
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(data))
+        if im.format == "JPEG":
+            im.draft("RGB", (self._side, self._side))  # decode at a reduced scale: much cheaper
+        return self.preprocess(im.convert("RGB"))
+
+    def similarity(self, images: list[bytes], texts: list[str]) -> ClipOutput:
+        import torch
+
+        n = len(images)
+        sims = np.full(n, np.nan, dtype=np.float32)
+        errors: list[str | None] = [None] * n
+        for start in range(0, n, self.batch_size):
+            idx, tensors, caps = [], [], []
+            for i in range(start, min(n, start + self.batch_size)):
+                try:
+                    tensors.append(self._load(images[i]))
+                    caps.append(texts[i] or "")
+                    idx.append(i)
+                except Exception as e:  # undecodable image: that row only
+                    errors[i] = f"clip_image: {type(e).__name__}: {e}"
+            if not idx:
+                continue
+            with torch.no_grad(), torch.autocast(self._device, enabled=self._device == "cuda"):
+                img = self.model.encode_image(torch.stack(tensors).to(self._device))
+                txt = self.model.encode_text(self.tokenizer(caps).to(self._device))
+                img = img / img.norm(dim=-1, keepdim=True)
+                txt = txt / txt.norm(dim=-1, keepdim=True)
+                sims[idx] = (img * txt).sum(-1).float().cpu().numpy()
+        return ClipOutput(similarity=sims, errors=errors)
+
+    def close(self) -> None:
+        self.model = None
