@@ -20,6 +20,7 @@ class EngineConfig(Params):
     dtype: str = "auto"
     enable_prefix_caching: bool = True
     max_images: int = Field(8, ge=1, description="images (or video frames) per prompt")
+    enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile: faster start, slower steady state")
     # openai-compatible servers
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key (never the key)")
@@ -39,7 +40,8 @@ def make_engine(cfg: EngineConfig, seed: int = 0):
 
         return VLLMEngine(cfg.model, max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype,
-                          enable_prefix_caching=cfg.enable_prefix_caching, max_images=cfg.max_images, seed=seed)
+                          enable_prefix_caching=cfg.enable_prefix_caching, max_images=cfg.max_images, seed=seed,
+                          extra={"enforce_eager": True} if cfg.enforce_eager else None)
     if cfg.kind == "openai":
         from judges.engines.openai_engine import OpenAIEngine
 

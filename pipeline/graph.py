@@ -12,6 +12,7 @@ threshold invalidates the filter and what follows, not the judge before it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ def _code_version(stage_cls: type[Stage]) -> str:
             h.update(Path(inspect.getsourcefile(obj)).read_bytes())
         except (TypeError, OSError):
             h.update(obj.__qualname__.encode())
+    for package in stage_cls.code_deps:
+        root = Path(importlib.import_module(package).__file__).parent
+        for f in sorted(root.rglob("*")):
+            if f.suffix in (".py", ".yaml", ".json") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -36,8 +36,15 @@ def apply_smoke(raw: dict[str, Any], limit: int | None, cache: Path | None = Non
                 for key in ("base_url", "api_key_env"):
                     engine.pop(key, None)
             engine["max_model_len"] = min(int(engine.get("max_model_len", 4096)), 4096)
+            engine["enforce_eager"] = True  # tiny models: start fast, nothing to gain from compilation
+            # On the CPU backend this is the share of host memory vLLM insists is free at start.
+            engine["gpu_memory_utilization"] = min(float(engine.get("gpu_memory_utilization", 0.85)), 0.3)
             res = stage.setdefault("resources", {})
             res["num_gpus"] = 0
+            if kind == "judge":
+                # A random model answers greedily with one constant; sampling (seeded, so still
+                # reproducible) spreads its answers so every later stage sees both outcomes.
+                stage["temperature"] = 1.0
         if kind == "clip_score":
             clip = stage.setdefault("clip", {})
             clip.update({"model": TINY_CLIP_MODEL_NAME, "config_dir": str(paths[TINY_CLIP]),

@@ -81,6 +81,9 @@ class Stage:
     mode: ClassVar[Literal["map", "source", "global"]] = "map"
     stateful: ClassVar[bool] = False
     sink: ClassVar[bool] = False  # writes final outputs; nothing may follow it
+    # Packages whose code (and data files) shape this stage's output, beyond its own module:
+    # part of its fingerprint, so changing an engine or a rubric reruns the stage.
+    code_deps: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[Params]] = Params
     requires: ClassVar[dict[str, pa.DataType]] = {}
     produces: ClassVar[dict[str, pa.DataType]] = {}

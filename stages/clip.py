@@ -36,6 +36,7 @@ class ClipScoreParams(Params):
 class ClipScoreStage(Stage):
     kind = "clip_score"
     stateful = True
+    code_deps = ("judges.engines",)
     Params = ClipScoreParams
     description = "open_clip cosine similarity of image and caption -> clip_sim (GPU when given one)."
     produces = {"clip_sim": pa.float32()}

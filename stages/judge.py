@@ -70,6 +70,7 @@ def shrink_image(data: bytes, max_side: int | None) -> bytes:
 class JudgeStage(Stage):
     kind = "judge"
     stateful = True
+    code_deps = ("judges",)
     Params = JudgeParams
     description = "Score rows with a VLM/LLM against rubrics (vLLM, OpenAI-compatible or transformers); strict JSON parsing."
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)

@@ -47,12 +47,12 @@ def demo_run(ray_local, demo_input, tmp_path_factory) -> Path:
     return run_dir
 
 
-def run_config(config_path, run_dir, inputs=(), overrides=(), **options):
+def run_config(config_path, run_dir, inputs=(), overrides=(), smoke=False, limit=None, **options):
     """Run a pipeline in-process (the session's Ray) and return the run record."""
     from pipeline.config import load_config
     from pipeline.runner import RunOptions, run_pipeline
 
-    cfg = load_config(config_path, overrides=list(overrides), inputs=list(inputs))
+    cfg = load_config(config_path, overrides=list(overrides), inputs=list(inputs), smoke=smoke, limit=limit)
     return run_pipeline(cfg, RunOptions(run_dir=str(run_dir), **options))
 
 
