@@ -217,8 +217,20 @@ def build_tiny_qwen2(out_dir: str | Path, *, seed: int = SEED) -> Path:
     return out
 
 
-def build_tiny_qwen2vl(out_dir: str | Path, *, seed: int = SEED) -> Path:
-    """A random Qwen2VLForConditionalGeneration with a tiny vision tower and its processor files."""
+# Qwen2-VL-2B's shape (text and vision towers), for benchmarks on random weights of real size.
+QWEN2VL_2B_TEXT = {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                   "num_attention_heads": 12, "num_key_value_heads": 2,
+                   "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1_000_000.0}}
+QWEN2VL_2B_VISION = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4}
+QWEN2VL_2B_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 448 * 448}
+
+
+def build_tiny_qwen2vl(out_dir: str | Path, *, seed: int = SEED, text: dict | None = None, vision: dict | None = None,
+                       pixels: dict | None = None, init_device: str | None = None) -> Path:
+    """A random Qwen2VLForConditionalGeneration with a tiny vision tower and its processor files.
+
+    ``text``/``vision``/``pixels`` override the tiny shape (e.g. QWEN2VL_2B_* for a real-size
+    random model in benchmarks); ``init_device="cuda"`` initialises the weights on a GPU (fast)."""
     import torch
     from transformers import (
         Qwen2VLConfig,
@@ -271,13 +283,25 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, seed: int = SEED) -> Path:
         tie_word_embeddings=True,
         dtype="bfloat16",
     )
-    assert hidden // config.text_config.num_attention_heads == head_dim
+    if text or vision:
+        cfg = config.to_dict()
+        cfg["text_config"].pop("layer_types", None)  # derived from the layer count; rebuilt by the config
+        cfg["text_config"].update(text or {})
+        cfg["vision_config"].update(vision or {})
+        config = Qwen2VLConfig(**cfg)
+    else:
+        assert hidden // config.text_config.num_attention_heads == head_dim
     _seed_all(seed)
-    model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+    if init_device:
+        with torch.device(init_device):
+            model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+        model = model.to("cpu")
+    else:
+        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
     model.save_pretrained(str(out))
     _write_generation_config(out, ids)
 
-    pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    pixels = pixels or {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels, patch_size=14, temporal_patch_size=2, merge_size=2),
         video_processor=Qwen2VLVideoProcessor(**pixels, patch_size=14, temporal_patch_size=2, merge_size=2),

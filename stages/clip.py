@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import ray
 from pydantic import Field, model_validator
 
 from stages.base import DECIDED_AT_COLUMN, DROPPED, ERROR, KEPT, Params, Resources, Stage, format_number
@@ -25,6 +24,8 @@ class ClipModelConfig(Params):
     config_dir: str | None = Field(None, description="folder of custom open_clip model configs (JSON)")
     device: str = "auto"
     precision: str = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    decode_threads: int = Field(8, ge=1, description="threads decoding JPEGs per actor (PIL releases the GIL)")
+    gpu_decode: bool = Field(True, description="on a GPU, decode JPEGs with nvJPEG (torchvision) instead of PIL; ignored on CPU")
 
 
 class ClipScoreParams(Params):
@@ -50,7 +51,8 @@ class ClipScoreStage(Stage):
 
         c = self.params.clip
         self.engine = ClipEngine(c.model, c.pretrained, config_dir=c.config_dir, device=c.device,
-                                 precision=c.precision, batch_size=self.default_resources.batch_size)
+                                 precision=c.precision, batch_size=self.default_resources.batch_size,
+                                 decode_threads=c.decode_threads, gpu_decode=c.gpu_decode)
         self.engine.setup()
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -78,7 +80,6 @@ class ClipFilterParams(Params):
         return self
 
 
-@ray.remote(num_cpus=1)
 def _exact_quantile(q: float, *tables: pa.Table) -> float | None:
     values = np.concatenate([t.column(0).to_numpy(zero_copy_only=False).astype(np.float64) for t in tables] or [np.array([])])
     values = values[~np.isnan(values)]
@@ -123,7 +124,9 @@ class ClipFilterStage(Stage):
             # Exact and deterministic: one task sees the one column (4 bytes a row) of every kept row.
             refs = ds.select_columns([p.column]).to_arrow_refs()
             q = 1.0 - p.top_percent / 100.0
-            cut = ray.get(_exact_quantile.remote(q, *refs))
+            import ray  # only global stages need Ray itself; workers running map stages do not
+
+            cut = ray.get(ray.remote(num_cpus=1)(_exact_quantile).remote(q, *refs))
             if cut is None:
                 cut = float("-inf")
             reason = f"{p.column}<p{format_number(100 - p.top_percent)}({cut:.4f})"

@@ -23,7 +23,6 @@ import time
 from typing import Any, Callable
 
 import pyarrow as pa
-import ray
 from pydantic import Field
 
 from pipeline import storage
@@ -181,7 +180,7 @@ class ShardStage(Stage):
         seed = p.seed if p.seed is not None else seed
         ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None).sort("_order")
         refs = ds.to_arrow_refs()
-        counts = ray.get([_num_rows.remote(r) for r in refs])
+        counts = ray.get([ray.remote(num_cpus=1)(_num_rows).remote(r) for r in refs])
         total = sum(counts)
         n_shards = math.ceil(total / p.samples_per_shard)
         starts = [0]
@@ -236,7 +235,6 @@ class ShardStage(Stage):
         return parts
 
 
-@ray.remote(num_cpus=1)
 def _num_rows(table: pa.Table) -> int:
     return table.num_rows
 

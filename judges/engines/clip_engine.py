@@ -25,13 +25,18 @@ class ClipOutput:
 
 class ClipEngine:
     def __init__(self, model: str, pretrained: str | None = None, *, config_dir: str | None = None,
-                 device: str = "auto", precision: str = "auto", batch_size: int = 256):
+                 device: str = "auto", precision: str = "auto", batch_size: int = 256,
+                 decode_threads: int = 8, gpu_decode: bool = False):
         self.model_name = model
         self.pretrained = pretrained
         self.config_dir = config_dir
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        # PIL releases the GIL while decoding and resizing, so threads feed the GPU from one actor.
+        self.decode_threads = decode_threads
+        # nvJPEG through torchvision: decode and resize on the GPU (worth it for small CLIP models).
+        self.gpu_decode = gpu_decode
         self.model = None
 
     def setup(self) -> None:
@@ -63,6 +68,14 @@ class ClipEngine:
         self._device = device
         size = getattr(model.visual, "image_size", 224)
         self._side = size[0] if isinstance(size, (tuple, list)) else size
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max(1, self.decode_threads)) if self.decode_threads > 1 else None
+        self._gpu_decode = self.gpu_decode and device == "cuda"
+        if self._gpu_decode:
+            cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+            self._mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=device).view(1, 3, 1, 1)
+            self._std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=device).view(1, 3, 1, 1)
 
     def _load(self, data: bytes):
         from PIL import Image
@@ -72,6 +85,41 @@ class ClipEngine:
             im.draft("RGB", (self._side, self._side))  # decode at a reduced scale: much cheaper
         return self.preprocess(im.convert("RGB"))
 
+    def _load_safe(self, data: bytes):
+        try:
+            return self._load(data), None
+        except Exception as e:  # undecodable image: that row only
+            return None, f"clip_image: {type(e).__name__}: {e}"
+
+    def _gpu_load(self, batch: list[bytes]):
+        """JPEGs decoded by nvJPEG, resized (shortest side), centre-cropped and normalised on the GPU."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out, errs = [None] * len(batch), [None] * len(batch)
+        jpeg = [i for i, b in enumerate(batch) if b[:3] == b"\xff\xd8\xff"]
+        if jpeg:
+            try:
+                decoded = decode_jpeg([torch.frombuffer(bytearray(batch[i]), dtype=torch.uint8) for i in jpeg],
+                                      mode=ImageReadMode.RGB, device=self._device)
+            except RuntimeError:
+                decoded = None  # one bad JPEG fails the call: fall back per image below
+            if decoded is not None:
+                s = self._side
+                for i, img in zip(jpeg, decoded):
+                    h, w = img.shape[-2:]
+                    scale = s / min(h, w)
+                    x = F.interpolate(img[None].float() / 255.0, size=(max(s, round(h * scale)), max(s, round(w * scale))),
+                                      mode="bilinear", antialias=True, align_corners=False)
+                    top, left = (x.shape[-2] - s) // 2, (x.shape[-1] - s) // 2
+                    out[i] = ((x[..., top:top + s, left:left + s] - self._mean) / self._std)[0]
+        for i, t in enumerate(out):
+            if t is None:
+                t, errs[i] = self._load_safe(batch[i])
+                out[i] = t.to(self._device) if t is not None else None
+        return out, errs
+
     def similarity(self, images: list[bytes], texts: list[str]) -> ClipOutput:
         import torch
 
@@ -79,18 +127,25 @@ class ClipEngine:
         sims = np.full(n, np.nan, dtype=np.float32)
         errors: list[str | None] = [None] * n
         for start in range(0, n, self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            if self._gpu_decode:
+                loaded, errs = self._gpu_load(chunk)
+            elif self._pool is not None:
+                loaded, errs = zip(*self._pool.map(self._load_safe, chunk)) if chunk else ((), ())
+            else:
+                loaded, errs = zip(*map(self._load_safe, chunk)) if chunk else ((), ())
             idx, tensors, caps = [], [], []
-            for i in range(start, min(n, start + self.batch_size)):
-                try:
-                    tensors.append(self._load(images[i]))
-                    caps.append(texts[i] or "")
-                    idx.append(i)
-                except Exception as e:  # undecodable image: that row only
-                    errors[i] = f"clip_image: {type(e).__name__}: {e}"
+            for k, (t, err) in enumerate(zip(loaded, errs)):
+                if err:
+                    errors[start + k] = err
+                else:
+                    idx.append(start + k)
+                    tensors.append(t)
+                    caps.append(texts[start + k] or "")
             if not idx:
                 continue
             with torch.no_grad(), torch.autocast(self._device, enabled=self._device == "cuda"):
-                img = self.model.encode_image(torch.stack(tensors).to(self._device))
+                img = self.model.encode_image(torch.stack(tensors).to(self._device, non_blocking=True))
                 txt = self.model.encode_text(self.tokenizer(caps).to(self._device))
                 img = img / img.norm(dim=-1, keepdim=True)
                 txt = txt / txt.norm(dim=-1, keepdim=True)
@@ -99,3 +154,5 @@ class ClipEngine:
 
     def close(self) -> None:
         self.model = None
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False)
