@@ -12,12 +12,11 @@ does for every engine. Use the vLLM engine when constrained decoding matters.
 """
 from __future__ import annotations
 
-import gc
 import io
 import time
 from typing import Any
 
-from judges.engines.base import JudgeRequest, JudgeResult, Sampling
+from judges.engines.base import JudgeRequest, JudgeResult, Sampling, release_accelerator_memory
 from judges.engines.vllm_engine import resolve_model
 
 
@@ -119,14 +118,7 @@ class HFEngine:
         if model is None:
             return
         del model
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # pragma: no cover - best effort
-            pass
+        release_accelerator_memory()
 
     def __enter__(self) -> "HFEngine":
         self.setup()

@@ -37,7 +37,6 @@ server that echoes request headers in an error body cannot leak it either).
 """
 from __future__ import annotations
 
-import base64
 import email.utils
 import json
 import logging
@@ -50,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from judges.engines.base import JudgeRequest, JudgeResult
+from judges.engines.base import JudgeRequest, JudgeResult, chat_messages, image_data_url, image_mime  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +68,6 @@ class _Retryable(Exception):
 
 class _Final(Exception):
     """An attempt that failed in a way that retrying will not fix."""
-
-
-def image_mime(data: bytes) -> str:
-    """The MIME type of encoded image bytes, by their magic number (JPEG when unknown)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/jpeg"
-
-
-def image_data_url(data: bytes) -> str:
-    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -208,14 +190,7 @@ class OpenAIEngine:
 
     def build_payload(self, req: JudgeRequest) -> dict[str, Any]:
         """The JSON body for one request (public so that callers and tests can inspect it)."""
-        messages: list[dict[str, Any]] = []
-        if req.system:
-            messages.append({"role": "system", "content": req.system})
-        content: list[dict[str, Any]] = [
-            {"type": "image_url", "image_url": {"url": image_data_url(img)}} for img in req.images
-        ]
-        content.append({"type": "text", "text": req.user_text})
-        messages.append({"role": "user", "content": content})
+        messages = chat_messages(req)
         s = req.sampling
         payload: dict[str, Any] = {
             "model": self.model,

@@ -12,14 +12,14 @@ Scripts that create this engine must guard their entry point with `if __name__ =
 """
 from __future__ import annotations
 
-import base64
-import gc
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from judges.engines.base import JudgeRequest, JudgeResult, ModelNotFound
+from judges.engines.base import (  # noqa: F401 - chat_messages/image_data_url re-exported for callers
+    JudgeRequest, JudgeResult, ModelNotFound, chat_messages, image_data_url, release_accelerator_memory,
+)
 
 _TINY_HINT = "`sailcurate tiny-models` (or `python -m judges.tiny_models DIR`) builds small local test models"
 
@@ -81,38 +81,6 @@ def resolve_model(model: str) -> str:
             f"the hub did not serve it ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
         raise ModelNotFound(f"model {model!r} not found: it is not a local folder and {state}; {how}") from e
     return model
-
-
-def image_data_url(data: bytes) -> str:
-    """`data:<mime>;base64,...` for encoded image bytes (mime sniffed from the magic number)."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        mime = "image/png"
-    elif data[:3] == b"\xff\xd8\xff":
-        mime = "image/jpeg"
-    elif data[:6] in (b"GIF87a", b"GIF89a"):
-        mime = "image/gif"
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        mime = "image/webp"
-    elif data[:2] == b"BM":
-        mime = "image/bmp"
-    elif data[:4] in (b"II*\x00", b"MM\x00*"):
-        mime = "image/tiff"
-    else:
-        mime = "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def chat_messages(req: JudgeRequest) -> list[dict[str, Any]]:
-    """OpenAI-style messages: system text; user = images (data URLs) first, then the text."""
-    messages: list[dict[str, Any]] = []
-    if req.system:
-        messages.append({"role": "system", "content": req.system})
-    content: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": image_data_url(img)}} for img in req.images
-    ]
-    content.append({"type": "text", "text": req.user_text})
-    messages.append({"role": "user", "content": content})
-    return messages
 
 
 class VLLMEngine:
@@ -182,14 +150,7 @@ class VLLMEngine:
                 core.shutdown()
         finally:
             del llm, engine, core
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except Exception:  # pragma: no cover - best effort
-                pass
+            release_accelerator_memory()
 
     def __enter__(self) -> "VLLMEngine":
         self.setup()
