@@ -8,12 +8,14 @@ def stage_kinds() -> dict[str, type[Stage]]:
     """All built-in stage kinds. Imported lazily so workers load only what they run."""
     from stages.clip import ClipFilterStage, ClipScoreStage
     from stages.decode import DecodeStage
+    from stages.dedup import ExactDedupStage, MinHashDedupStage
     from stages.filter import FilterStage
     from stages.ingest import IngestStage
     from stages.judge import JudgeStage
     from stages.shard import ShardStage
 
-    kinds = [IngestStage, DecodeStage, FilterStage, ClipScoreStage, ClipFilterStage, JudgeStage, ShardStage]
+    kinds = [IngestStage, DecodeStage, FilterStage, ClipScoreStage, ClipFilterStage, JudgeStage, ShardStage,
+             ExactDedupStage, MinHashDedupStage]
     return {k.kind: k for k in kinds}
 
 

@@ -1,0 +1,1 @@
+"""Deduplication helpers: vectorised MinHash and LSH banding (see dedup/minhash.py)."""
