@@ -142,7 +142,7 @@ class ExactDedupStage(Stage):
     default_resources = Resources(num_cpus=1, batch_size=4096)
 
     def input_columns(self):
-        cols = {c: (pa.string() if c == "text" else pa.string()) for c in self.params.columns}
+        cols = {c: pa.string() for c in self.params.columns}
         if self.params.prefer:
             cols[self.params.prefer] = pa.float64()
         return cols
