@@ -4,10 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 from manifests.reader import read_manifest, read_run_record
-
-
-def _reason_key(reason: str) -> str:
-    return reason.split(":", 1)[0].strip()
+from manifests.writer import reason_key
 
 
 def summarize(run_dir: str, top: int = 5) -> dict:
@@ -21,7 +18,7 @@ def summarize(run_dir: str, top: int = 5) -> dict:
             out["stages"].append({"stage": stage, "kind": record["stages"][stage]["kind"], "missing": True})
             continue
         counts = Counter(df["status"])
-        reasons = Counter(_reason_key(r) for r in df.loc[df["status"] != "kept", "reason"].dropna())
+        reasons = Counter(reason_key(r) for r in df.loc[df["status"] != "kept", "reason"].dropna())
         by_source = {}
         for (src, st), n in df.groupby(["source", "status"]).size().items():
             by_source.setdefault(src, {"kept": 0, "dropped": 0, "error": 0})[st] = int(n)

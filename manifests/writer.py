@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from manifests.schema import MANIFEST_BASE
 from pipeline import storage
-from stages.base import DECIDED_AT_COLUMN, DROPPED, ERROR, KEPT
+from stages.base import CHUNK_COLUMN, DECIDED_AT_COLUMN, DROPPED, ERROR, KEPT
 
 
 def manifest_uri(run_dir: str, stage: str) -> str:
@@ -43,19 +43,25 @@ def _stage_view(table: pa.Table, stage_names: list[str], index: int, extra: list
 
 def write_segment_manifests(
     run_dir: str, fragment_uris: list[str], stage_names: list[str], extra_columns: dict[str, list[str]],
-) -> dict[str, dict]:
-    """Write ``manifests/<stage>.parquet`` for each stage of a segment; return counts per stage."""
+) -> tuple[dict[str, dict], dict[str, int]]:
+    """Write ``manifests/<stage>.parquet`` for each stage of a segment.
+
+    Returns counts per stage and, from the same single read of the fragments, the rows each
+    chunk kept at the end of the segment (what the next segment must see)."""
     counts: dict[str, dict] = {}
     writers: dict[str, tuple] = {}
     tallies = {s: Counter() for s in stage_names}
     reasons = {s: Counter() for s in stage_names}
     sources = {s: Counter() for s in stage_names}
-    wanted = set(MANIFEST_BASE) | {DECIDED_AT_COLUMN} | {c for cs in extra_columns.values() for c in cs}
+    kept_by_chunk: Counter = Counter()
+    wanted = set(MANIFEST_BASE) | {DECIDED_AT_COLUMN, CHUNK_COLUMN} | {c for cs in extra_columns.values() for c in cs}
     try:
         for uri in fragment_uris:
             fs, path = storage.resolve(uri)
             schema_names = pq.read_schema(path, filesystem=fs).names
             table = pq.read_table(path, filesystem=fs, columns=[c for c in schema_names if c in wanted])
+            for chunk, st in zip(table.column(CHUNK_COLUMN).to_pylist(), table.column("status").to_pylist()):
+                kept_by_chunk[chunk] += st == KEPT
             for i, stage in enumerate(stage_names):
                 view = _stage_view(table, stage_names, i, extra_columns.get(stage, []))
                 if view.num_rows == 0 and stage in writers:
@@ -71,7 +77,7 @@ def write_segment_manifests(
                     tallies[stage][st] += 1
                     sources[stage][(src, st)] += 1
                     if st != KEPT and rs:
-                        reasons[stage][_reason_key(rs)] += 1
+                        reasons[stage][reason_key(rs)] += 1
     finally:
         for stream, writer in writers.values():
             writer.close()
@@ -85,7 +91,7 @@ def write_segment_manifests(
             "reasons": dict(reasons[stage].most_common(20)),
             "sources": _by_source(sources[stage]),
         }
-    return counts
+    return counts, dict(kept_by_chunk)
 
 
 def write_sink_manifest(run_dir: str, stage: str, part_uris: list[str]) -> dict:
@@ -116,7 +122,7 @@ def write_sink_manifest(run_dir: str, stage: str, part_uris: list[str]) -> dict:
     return {"in": n, KEPT: n, DROPPED: 0, ERROR: 0, "reasons": {}, "sources": _by_source(src)}
 
 
-def _reason_key(reason: str) -> str:
+def reason_key(reason: str) -> str:
     """Group reasons by their stable part: 'near_dup_of:<id>' -> 'near_dup_of', 'corrupt_image: x' -> 'corrupt_image'."""
     return reason.split(":", 1)[0].strip()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import traceback
 
 import pandas as pd
 import pyarrow as pa
@@ -122,12 +121,7 @@ class StageCall:
         active = batch["status"] == KEPT
         if active.any():
             before = batch.loc[active]
-            try:
-                after = self._process_safely(before)
-            except RuntimeError:
-                raise
-            except Exception:  # pragma: no cover - _process_safely handles row errors
-                raise RuntimeError(traceback.format_exc())
+            after = self._process_safely(before)
             after.index = before.index
             for col in after.columns:
                 if col in batch.columns or col in self.columns:

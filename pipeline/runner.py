@@ -291,9 +291,8 @@ class Runner:
         fragments = ckpt.fragments()
         stage_names = [n.name for n in seg.nodes]
         extra = {n.name: _manifest_extra(n) for n in seg.nodes}
-        stage_counts = write_segment_manifests(self.run_dir, [f.uri for f in fragments], stage_names, extra)
+        stage_counts, chunk_kept = write_segment_manifests(self.run_dir, [f.uri for f in fragments], stage_names, extra)
         _check_conservation(seg, stage_counts, sum(expected.values()))
-        chunk_kept = _kept_by_chunk(fragments)
         ckpt.finish({
             "fingerprint": seg.end.fingerprint,
             "stages": stage_names,
@@ -376,18 +375,6 @@ def _manifest_extra(node) -> list[str]:
         if c not in cols and not c.startswith("_") and not (pa.types.is_binary(t) or pa.types.is_large_binary(t)) and c not in ("text",):
             cols.append(c)
     return cols
-
-
-def _kept_by_chunk(fragments) -> dict[str, int]:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    out: dict[str, int] = {}
-    for f in fragments:
-        fs, path = storage.resolve(f.uri)
-        status = pq.read_table(path, filesystem=fs, columns=["status"]).column("status")
-        out[f.chunk] = out.get(f.chunk, 0) + (pc.sum(pc.equal(status, KEPT)).as_py() or 0)
-    return out
 
 
 def _check_conservation(seg: Segment, counts: dict[str, dict], rows_in: int) -> None:

@@ -134,6 +134,25 @@ def mark(batch: pd.DataFrame, mask: Any, status: str, reason: str | pd.Series) -
         batch.loc[mask, "reason"] = reason
 
 
+def mark_arrow(table: pa.Table, hit: Any, reason: Any, stage: str) -> pa.Table:
+    """Arrow twin of ``mark`` for global stages: rows in ``hit`` that are still kept become
+    dropped with ``reason`` (a scalar or one value per row) and ``_decided_at = stage``."""
+    import pyarrow.compute as pc
+
+    hit = pc.and_(pa.array(hit, pa.bool_()) if not isinstance(hit, (pa.Array, pa.ChunkedArray)) else hit,
+                  pc.equal(table.column("status"), KEPT))
+    reason = reason if isinstance(reason, (pa.Array, pa.ChunkedArray)) else (
+        pa.array(reason, pa.string()) if isinstance(reason, list) else pa.scalar(reason, pa.string()))
+    cols = {
+        "status": pc.if_else(hit, pa.scalar(DROPPED), table.column("status")),
+        "reason": pc.if_else(hit, reason, table.column("reason").cast(pa.string())),
+        DECIDED_AT_COLUMN: pc.if_else(hit, pa.scalar(stage), table.column(DECIDED_AT_COLUMN).cast(pa.string())),
+    }
+    for name, arr in cols.items():
+        table = table.set_column(table.column_names.index(name), name, arr)
+    return table
+
+
 def format_number(value: float) -> str:
     """Thresholds in reasons read like the config: 3 not 3.0, 0.25 not 0.250000."""
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from stages.base import DECIDED_AT_COLUMN, DROPPED, ERROR, KEPT, Params, Resources, Stage, format_number
+from stages.base import ERROR, Params, Resources, Stage, format_number, mark_arrow
 
 
 class ClipModelConfig(Params):
@@ -73,7 +73,7 @@ class ClipFilterParams(Params):
 
     @model_validator(mode="after")
     def _one_rule(self):
-        if (self.top_percent is None) == (self.threshold is None) and self.threshold is not None:
+        if self.top_percent is not None and self.threshold is not None:
             raise ValueError("give either top_percent or threshold, not both")
         if self.top_percent is None and self.threshold is None:
             raise ValueError("give top_percent or threshold")
@@ -87,23 +87,14 @@ def _exact_quantile(q: float, *tables: pa.Table) -> float | None:
 
 
 def _apply_cut(table: pa.Table, column: str, cut: float, reason: str, stage: str) -> pa.Table:
-    """Mark kept rows below the cut (or without a value) as dropped; others untouched."""
+    """Kept rows below the cut, or without a value, are dropped; others are untouched."""
     import pyarrow.compute as pc
 
     vals = table.column(column).cast(pa.float64())
-    active = pc.equal(table.column("status"), KEPT)
-    missing = pc.and_(active, pc.or_(pc.is_null(vals), pc.is_nan(pc.fill_null(vals, 0.0))))
-    low = pc.and_(pc.and_(active, pc.invert(missing)), pc.less(pc.fill_null(vals, 0.0), cut))
-    hit = pc.or_(missing, low)
-    new_reason = pc.if_else(missing, pa.scalar(f"{column}:missing"), pc.if_else(low, pa.scalar(reason), table.column("reason")))
-    cols = {
-        "status": pc.if_else(hit, pa.scalar(DROPPED), table.column("status")),
-        "reason": new_reason,
-        DECIDED_AT_COLUMN: pc.if_else(hit, pa.scalar(stage), table.column(DECIDED_AT_COLUMN).cast(pa.string())),
-    }
-    for name, arr in cols.items():
-        table = table.set_column(table.column_names.index(name), name, arr)
-    return table
+    missing = pc.or_(pc.is_null(vals), pc.is_nan(pc.fill_null(vals, 0.0)))
+    low = pc.and_(pc.invert(missing), pc.less(pc.fill_null(vals, 0.0), cut))
+    reasons = pc.if_else(missing, pa.scalar(f"{column}:missing"), pa.scalar(reason))
+    return mark_arrow(table, pc.or_(missing, low), reasons, stage)
 
 
 class ClipFilterStage(Stage):

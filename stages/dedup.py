@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from stages.base import DECIDED_AT_COLUMN, DROPPED, KEPT, Params, Resources, Stage
+from stages.base import KEPT, Params, Resources, Stage, mark_arrow
 
 _KEY, _PREF = "_dedup_key", "_dedup_prefer"
 
@@ -68,20 +68,6 @@ def _prefer_values(table: pa.Table, prefer: str | None) -> pa.Array:
 def _representative_order(sample_ids: list[str], prefs: np.ndarray) -> np.ndarray:
     """Indices sorted best first: highest prefer, then smallest sample_id."""
     return np.array(sorted(range(len(sample_ids)), key=lambda i: (-prefs[i], sample_ids[i])), dtype=np.int64)
-
-
-def _mark(table: pa.Table, dropped: np.ndarray, reasons: list[str | None], stage: str) -> pa.Table:
-    """Set status/reason/_decided_at on the rows flagged in ``dropped`` (only rows still kept)."""
-    hit = pa.array(dropped, pa.bool_())
-    hit = pc.and_(hit, pc.equal(table.column("status"), KEPT))
-    cols = {
-        "status": pc.if_else(hit, pa.scalar(DROPPED), table.column("status")),
-        "reason": pc.if_else(hit, pa.array(reasons, pa.string()), table.column("reason").cast(pa.string())),
-        DECIDED_AT_COLUMN: pc.if_else(hit, pa.scalar(stage), table.column(DECIDED_AT_COLUMN).cast(pa.string())),
-    }
-    for name, arr in cols.items():
-        table = table.set_column(table.column_names.index(name), name, arr)
-    return table
 
 
 # -- exact -------------------------------------------------------------------------------
@@ -127,7 +113,7 @@ def _exact_group(group: pa.Table, stage: str) -> pa.Table:
     rep = ids[order[0]]
     dropped = np.ones(n, dtype=bool)
     dropped[order[0]] = False
-    return _mark(group, dropped, [f"exact_dup_of:{rep}"] * n, stage)
+    return mark_arrow(group, dropped, f"exact_dup_of:{rep}", stage)
 
 
 def _drop_helpers(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
@@ -280,7 +266,7 @@ def _apply_near(table: pa.Table, stage: str) -> pa.Table:
     reps = table.column("_dedup_rep")
     dropped = pc.fill_null(pc.is_valid(reps), False).to_numpy(zero_copy_only=False)
     reasons = [f"near_dup_of:{r}" if r is not None else None for r in reps.to_pylist()]
-    return _mark(table, dropped, reasons, stage).drop_columns(["_dedup_rep"])
+    return mark_arrow(table, dropped, reasons, stage).drop_columns(["_dedup_rep"])
 
 
 class MinHashDedupStage(Stage):
