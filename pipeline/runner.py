@@ -139,11 +139,14 @@ class Runner:
             else:
                 counts = self._run_map(seg, ckpt, force=seg.name in forced)
             seconds = time.time() - started
+            stats = (ckpt.completion() or {}).get("stats") or {}
             for node in seg.nodes:
                 c = counts[node.name]
                 self.record["stages"][node.name].update(
                     {"counts": c, "ran": True, "seconds": round(seconds, 3)}
                 )
+                if node.name in stats:
+                    self.record["stages"][node.name]["stats"] = stats[node.name]
                 self.options.log(
                     f"{node.name}: {c['in']} in, {c[KEPT]} kept, {c[DROPPED]} dropped, {c[ERROR]} error "
                     f"({seconds:.1f} s for segment {seg.name})"
@@ -161,6 +164,8 @@ class Runner:
             self.record["stages"][node.name].update(
                 {"counts": rec.get("counts", {}).get(node.name), "ran": False, "skipped": "checkpoint matches"}
             )
+            if node.name in (rec.get("stats") or {}):
+                self.record["stages"][node.name]["stats"] = rec["stats"][node.name]
         self.options.log(f"{seg.name}: up to date (checkpoint fingerprint matches), skipped")
 
     def _initial_record(self) -> dict[str, Any]:
@@ -276,7 +281,8 @@ class Runner:
         for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             pass
 
-    def _finish(self, seg: Segment, ckpt: Checkpoint, chunk_ids: list[str], expected: dict[str, int] | None) -> dict[str, dict]:
+    def _finish(self, seg: Segment, ckpt: Checkpoint, chunk_ids: list[str], expected: dict[str, int] | None,
+                stats: dict[str, dict] | None = None) -> dict[str, dict]:
         """Verify every chunk is complete, derive the manifests, check conservation, publish."""
         if expected is None:  # a source segment: the readers recorded what each unit held
             counts = ckpt.source_counts()
@@ -298,6 +304,7 @@ class Runner:
             "stages": stage_names,
             "chunks": {c: {"rows": expected[c], "kept": chunk_kept.get(c, 0)} for c in chunk_ids},
             "counts": stage_counts,
+            "stats": stats or {},
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return stage_counts
@@ -336,8 +343,10 @@ class Runner:
             parts = stage.run_global(ds, self.run_dir, self.config.seed, resumed, self.options.log)
             counts = {node.name: write_sink_manifest(self.run_dir, node.name, parts)}
             _check_conservation(seg, counts, sum(expected.values()))
+            stats = dict(getattr(stage, "run_stats", None) or {})
             ckpt.finish({
                 "fingerprint": node.fingerprint, "stages": [node.name],
+                "stats": {node.name: stats} if stats else {},
                 "chunks": {c: {"rows": n, "kept": 0} for c, n in expected.items()},
                 "counts": counts, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
@@ -351,7 +360,12 @@ class Runner:
             ds = stage.transform(ds, seed=self.config.seed, log=self.options.log)
             ds = ds.map_batches(_only_chunks, fn_args=(sorted(pending),), batch_format="pyarrow", batch_size=None)
             self._write(ds, seg, self._schema(seg))
-        return self._finish(seg, ckpt, chunk_ids, expected)
+        # Figures a global stage measured while deciding (n-gram entropy, cluster sizes...):
+        # kept in the completion record so a resumed or skipped run still reports them.
+        stats = dict(getattr(stage, "run_stats", None) or {})
+        if not pending:
+            stats = ((ckpt.completion() or {}).get("stats") or {}).get(node.name, {})
+        return self._finish(seg, ckpt, chunk_ids, expected, stats={node.name: stats} if stats else None)
 
 
 def _only_chunks(table: pa.Table, chunks: list[str]) -> pa.Table:

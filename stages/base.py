@@ -114,6 +114,12 @@ class Stage:
     def setup(self) -> None:
         """Load models or other heavy state; called once per worker."""
 
+    # Global stages may fill ``self.run_stats`` (a JSON-able dict) while ``transform`` or
+    # ``run_global`` runs on the driver (eagerly: figures computed inside lazy Ray tasks
+    # never reach it). The runner stores it in the completion record and in run.json
+    # under ``stages.<name>.stats``.
+    run_stats: dict[str, Any] | None = None
+
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Return the same rows, in order, with outputs filled and statuses set.
 
