@@ -9,7 +9,7 @@ EXTRA  ?= cpu,test
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv demo test test-fast bench clean distclean
+.PHONY: venv demo test test-fast bench clean distclean system-deps
 
 venv: $(STAMP)
 
@@ -30,11 +30,14 @@ demo_data/captions.jsonl: data/demo/captions.jsonl pipeline/demo_data.py | $(STA
 demo: $(STAMP) demo_data/captions.jsonl
 	$(BIN)/sailcurate run configs/demo.yaml --input demo_data --out runs/demo
 
-test: $(STAMP)
+system-deps:
+	bash tools/system_deps.sh
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 # Everything but the slow cluster / kill tests.
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m "not cluster"
 
 bench: $(STAMP)
