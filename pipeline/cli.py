@@ -58,6 +58,50 @@ def _cmd_manifest_show(args) -> int:
     return 0
 
 
+def _cmd_manifest_diff(args) -> int:
+    from manifests.diff import diff_runs, format_diff
+
+    try:
+        diff = diff_runs(args.run_a, args.run_b, stages=args.stage or None, status_only=args.status_only)
+    except ValueError as e:
+        print(f"sailcurate: {e}", file=sys.stderr)
+        return 2
+    if args.format == "table":
+        print(format_diff(args.run_a, args.run_b, diff, limit=args.limit))
+    else:
+        from manifests.query import format_frame
+
+        print(format_frame(diff, args.format))
+    return 0
+
+
+def _cmd_manifest_query(args) -> int:
+    import duckdb
+
+    from manifests.query import format_frame, run_query
+
+    try:
+        df = run_query(args.run_dir, args.sql)
+    except duckdb.Error as e:
+        print(f"sailcurate: query failed: {e}", file=sys.stderr)
+        return 2
+    print(format_frame(df, args.format, max_width=args.max_width))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from report import build_report
+
+    try:
+        path = build_report(args.run_dir, args.out, examples_per_reason=args.examples_per_reason, thumb_px=args.thumb_size)
+    except ValueError as e:
+        print(f"sailcurate: {e}", file=sys.stderr)
+        return 2
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    print(f"report: {path} ({size / 1e6:.1f} MB); open it in a browser (works offline)")
+    return 0
+
+
 def _cmd_stages(args) -> int:
     from stages.registry import stage_kinds
 
@@ -131,6 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=20)
     show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     show.set_defaults(func=_cmd_manifest_show)
+    diff = msub.add_parser("diff", help="samples whose status or reason differs between two runs, per stage")
+    diff.add_argument("run_a")
+    diff.add_argument("run_b")
+    diff.add_argument("--stage", action="append", help="only this stage (repeatable)")
+    diff.add_argument("--status-only", action="store_true", help="ignore reason changes when the status is the same")
+    diff.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    diff.add_argument("--limit", type=int, default=50, help="rows shown in table format (0: all)")
+    diff.set_defaults(func=_cmd_manifest_diff)
+    query = msub.add_parser(
+        "query", help="SQL over the manifests (DuckDB)",
+        description="Run one SQL statement with DuckDB. Views: one per stage, named after it (SELECT * FROM decode), "
+                    "holding its manifest; 'manifests' (all stages stacked, with a 'stage' column); 'stages' "
+                    "(stage, kind, segment, position, ran, seconds from run.json). Quote names that are not plain "
+                    "identifiers: \"my-stage\".")
+    query.add_argument("run_dir")
+    query.add_argument("sql")
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    query.add_argument("--max-width", type=int, default=60, help="truncate table cells to this many characters")
+    query.set_defaults(func=_cmd_manifest_query)
+
+    rep = sub.add_parser("report", help="a static HTML report of a run: funnel, reasons with examples, distributions")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="output folder (default RUN_DIR/report); the report is OUT/index.html")
+    rep.add_argument("--examples-per-reason", type=int, default=12, metavar="N",
+                     help="example rows shown per drop reason (and kept samples shown)")
+    rep.add_argument("--thumb-size", type=int, default=160, metavar="PX", help="thumbnail size in pixels")
+    rep.set_defaults(func=_cmd_report)
 
     ex = sub.add_parser("export-judge-labels", help="a judge's answers as chat-format JSONL, to fine-tune a small judge")
     ex.add_argument("run_dir")
