@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt tools/torchvision_cpu_shim.py
 	$(BIN)/pip uninstall -y torchaudio torchcodec || true
 	$(BIN)/python tools/torchvision_cpu_shim.py
 	$(BIN)/python -c "import torch, torchvision, ray, pyarrow, webdataset; print('torch', torch.__version__, '| ray', ray.__version__)"
+	# The S3 test server (moto) gets its own venv: its botocore pins clash with the main stack.
+	test -x $(VENV)/s3server/bin/moto_server || { $(PYTHON) -m venv $(VENV)/s3server && $(VENV)/s3server/bin/pip install -q "moto[s3,server]==5.2.5"; }
 	touch $(STAMP)
 
 demo_data/captions.jsonl: data/demo/captions.jsonl pipeline/demo_data.py | $(STAMP)

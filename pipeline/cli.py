@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"sailcurate: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # storage: unreachable endpoint, missing bucket, permission denied
+        print(f"sailcurate: storage error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

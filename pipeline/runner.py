@@ -27,7 +27,7 @@ from pipeline.checkpoint import Checkpoint
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
 from pipeline.graph import Plan, Segment, build_plan
-from stages.base import CHUNK_COLUMN, DROPPED, ERROR, KEPT, RUNNER_COLUMNS, StageContext
+from stages.base import CHUNK_COLUMN, DROPPED, ERROR, KEPT, RUNNER_COLUMNS, StageContext, is_media_type
 
 
 class ConservationError(RuntimeError):
@@ -379,14 +379,16 @@ def _read_kept(files: list[str]):
     import ray.data as rd
     from ray.data.expressions import col
 
-    return rd.read_parquet(files, partitioning=None).filter(expr=col("status") == KEPT)
+    fs = storage.resolve(files[0])[0] if files and not storage.is_local(files[0]) else None
+    paths = [storage.resolve(f)[1] for f in files] if fs is not None else files
+    return rd.read_parquet(paths, filesystem=fs, partitioning=None).filter(expr=col("status") == KEPT)
 
 
 def _manifest_extra(node) -> list[str]:
     stage = node.make_stage()
     cols = stage.manifest_columns()
     for c, t in stage.input_columns().items():
-        if c not in cols and not c.startswith("_") and not (pa.types.is_binary(t) or pa.types.is_large_binary(t)) and c not in ("text",):
+        if c not in cols and not c.startswith("_") and not is_media_type(t) and c not in ("text",):
             cols.append(c)
     return cols
 

@@ -16,7 +16,24 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+def s3_endpoint() -> str | None:
+    """An S3-compatible endpoint (MinIO, Ceph, a test server) from the AWS SDK's own variables."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """Credentials and region come from the environment or instance profile (never from config,
+    so they never reach run.json or logs); only a custom endpoint is passed on explicitly."""
+    endpoint = s3_endpoint()
+    if not endpoint:
+        return pafs.S3FileSystem()
+    scheme, _, host = endpoint.partition("://")
+    return pafs.S3FileSystem(endpoint_override=host or scheme, scheme="http" if scheme == "http" else "https")
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    if uri.startswith("s3://"):
+        return s3_filesystem(), uri[len("s3://"):]
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
@@ -56,6 +73,10 @@ def list_files(uri: str, suffix: str = "", recursive: bool = False) -> list[pafs
         if i.type == pafs.FileType.File and i.path.endswith(suffix)
         and not i.base_name.startswith((".", "_tmp"))
     ]
+    if not is_local(uri):
+        # Object-store filesystems list "bucket/key": give callers URIs they can resolve again.
+        scheme = uri.split("://", 1)[0]
+        out = [pafs.FileInfo(f"{scheme}://{i.path}", type=i.type, size=i.size) for i in out]
     return sorted(out, key=lambda i: i.path)
 
 
