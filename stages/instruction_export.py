@@ -1,0 +1,214 @@
+"""instruction_export: write question-answer rows as instruction samples for SAIL-Instruction2.
+
+The output is the instruction-corpus format that the Instruction2 ingest reads (keep the two in
+step). Under ``RUN_DIR/instructions/<corpus>/``:
+
+- ``<corpus>-000000.jsonl``, ``<corpus>-000001.jsonl``, ...: ``samples_per_file`` samples each, in
+  a deterministic order (a seeded hash of ``sample_id``, as ``shard`` orders shards). One sample
+  per line::
+
+    {"id": <sample_id>, "source": <source>, "images": ["images/<sample_id>.<ext>"],
+     "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q1}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": A1}]},
+                  {"role": "user", "content": [{"type": "text", "text": Q2}]}, ...],
+     "meta": {"origin": "caption_qa", "caption": <caption>}}
+
+  The ``{"type": "image"}`` parts refer to ``images`` in order; image paths are relative to the
+  JSONL file. A row without image bytes becomes a text-only sample (``images: []``, no image part).
+- ``images/<sample_id>.<ext>``: the image bytes as ingested (``ext`` from the decoded format).
+- ``_index/<file number>.parquet`` (written after the file and its images, so a rerun skips a
+  finished file), ``index.parquet`` (sample_id -> file, line, image, turns) and
+  ``instructions.json`` (file list and counts).
+
+Every file is written atomically with fixed content and order, so a rerun writes byte-identical
+files. Samples are multi-turn: all supported pairs of one image form one conversation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Callable
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline import storage
+from stages.base import Params, Resources, Stage
+
+FORMAT = "sailcurate-instruction-jsonl/1"
+
+
+class InstructionExportParams(Params):
+    corpus: str = Field("caption_qa", pattern=r"^[A-Za-z0-9_.-]+$", description="file name prefix and folder: instructions/<corpus>/")
+    samples_per_file: int = Field(1000, ge=1)
+    seed: int | None = Field(None, description="order seed; defaults to the pipeline's seed")
+    pairs_column: str = Field("qa_pairs", description="JSON list of {question, answer}")
+    caption_column: str = Field("qa_caption", description="caption recorded in meta.caption")
+    image_column: str | None = Field("image", description="image bytes; None writes text-only samples")
+    origin: str = Field("caption_qa", description="meta.origin of every sample")
+
+
+INDEX_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("source", pa.string()), ("source_key", pa.string()), ("file", pa.string()),
+    ("line", pa.int32()), ("image", pa.string()), ("turns", pa.int32()),
+])
+
+
+def image_ext(row: dict) -> str:
+    """The file extension of a row's image: its decoded format, else its ingested name, else bin."""
+    ext = (row.get("image_format") or (row.get("image_name") or "").rsplit(".", 1)[-1] or "bin").lower()
+    ext = {"jpeg": "jpg"}.get(ext, ext)
+    return ext if re.fullmatch(r"[a-z0-9]{1,5}", ext) else "bin"
+
+
+def messages_for(pairs: list[dict], with_image: bool) -> list[dict]:
+    """One multi-turn conversation: the image in the first user turn, then Q/A alternating."""
+    out: list[dict] = []
+    for k, pair in enumerate(pairs):
+        content = [{"type": "image"}] if (k == 0 and with_image) else []
+        content.append({"type": "text", "text": pair["question"]})
+        out.append({"role": "user", "content": content})
+        out.append({"role": "assistant", "content": [{"type": "text", "text": pair["answer"]}]})
+    return out
+
+
+def write_file(index: int, name: str, out_dir: str, pieces: list[tuple[int, int]], params: dict, *blocks: pa.Table) -> dict:
+    """Write one JSONL file and its images (each atomically), then its index part, which marks it done."""
+    p = InstructionExportParams(**params)
+    rows: list[dict] = []
+    for (lo, hi), block in zip(pieces, blocks):
+        rows.extend(block.slice(lo, hi - lo).to_pylist())
+    lines, index_rows = [], []
+    for line, row in enumerate(rows):
+        sid = row["sample_id"]
+        pairs = json.loads(row[p.pairs_column]) if row.get(p.pairs_column) else []
+        data = row.get(p.image_column) if p.image_column else None
+        image = f"images/{sid}.{image_ext(row)}" if data is not None else None
+        if image:
+            storage.write_bytes(storage.join(out_dir, image), data)
+        sample = {
+            "id": sid, "source": row.get("source"), "images": [image] if image else [],
+            "messages": messages_for(pairs, with_image=image is not None),
+            "meta": {"origin": p.origin, "caption": row.get(p.caption_column)},
+        }
+        lines.append(json.dumps(sample, ensure_ascii=False))
+        index_rows.append({"sample_id": sid, "source": row.get("source"), "source_key": row.get("source_key"),
+                           "file": name, "line": line, "image": image, "turns": len(pairs)})
+    storage.write_bytes(storage.join(out_dir, name), ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
+    storage.write_parquet(storage.join(out_dir, "_index", f"{index:06d}.parquet"),
+                          pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA))
+    return {"index": index, "name": name, "samples": len(rows)}
+
+
+def _sorted_refs(ds, total: int, rows_per_part: int) -> list:
+    """Blocks sorted by ``_order``, about one output file per partition. The keys are uniform
+    63-bit hashes, so fixed boundaries split them evenly without sampling, and the sort runs as
+    many reduce tasks as there are files (Ray's default is one per input block, 200 on a read)."""
+    parts = max(1, math.ceil(total / rows_per_part))
+    step = (1 << 63) // parts
+    boundaries = [step * i for i in range(1, parts)] or [(1 << 63) - 1]
+    return ds.sort("_order", boundaries=boundaries).to_arrow_refs()
+
+
+class InstructionExportStage(Stage):
+    kind = "instruction_export"
+    mode = "global"
+    sink = True
+    Params = InstructionExportParams
+    description = "Write QA rows as instruction samples (JSONL + images/, deterministic order) for SAIL-Instruction2."
+    default_resources = Resources(num_cpus=1, batch_size=1000)
+
+    def input_columns(self) -> dict[str, pa.DataType]:
+        p = self.params
+        cols = {p.pairs_column: pa.string(), p.caption_column: pa.string()}
+        if p.image_column:
+            cols[p.image_column] = pa.binary()
+        return cols
+
+    def manifest_columns(self) -> list[str]:
+        return ["file", "line", "image", "turns"]
+
+    def run_global(self, ds, run_dir: str, seed: int, resume: bool, log: Callable[[str], None]) -> list[str]:
+        """Returns the index part URIs, from which the runner writes this stage's manifest."""
+        import pyarrow.parquet as pq
+        import ray
+
+        from stages.shard import _add_order, _concat_parquet, _num_rows
+
+        p = self.params
+        out_dir = storage.join(run_dir, "instructions", p.corpus)
+        if not resume:
+            storage.rmtree(out_dir)
+        storage.makedirs(storage.join(out_dir, "_index"))
+        seed = p.seed if p.seed is not None else seed
+        ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None).materialize()
+        refs = _sorted_refs(ds, ds.count(), p.samples_per_file)
+        counts = ray.get([ray.remote(num_cpus=1)(_num_rows).remote(r) for r in refs])
+        total = sum(counts)
+        n_files = math.ceil(total / p.samples_per_file)
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        done = {i.base_name for i in storage.list_files(storage.join(out_dir, "_index"), ".parquet")}
+        writer = ray.remote(num_cpus=self.default_resources.num_cpus)(write_file)
+        pending = []
+        for i in range(n_files):
+            name = f"{p.corpus}-{i:06d}.jsonl"
+            if f"{i:06d}.parquet" in done and storage.exists(storage.join(out_dir, name)):
+                continue
+            lo, hi = i * p.samples_per_file, min(total, (i + 1) * p.samples_per_file)
+            pieces, blocks = [], []
+            for b, (s, e) in enumerate(zip(starts[:-1], starts[1:])):
+                if e <= lo or s >= hi:
+                    continue
+                pieces.append((max(lo, s) - s, min(hi, e) - s))
+                blocks.append(refs[b])
+            pending.append(writer.remote(i, name, out_dir, pieces, p.model_dump(mode="json"), *blocks))
+        if len(pending) < n_files:
+            log(f"{self.name}: resuming, {n_files - len(pending)} of {n_files} files already written")
+        finished, last = 0, time.time()
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)
+            finished += 1
+            if time.time() - last > 5 or not pending:
+                log(f"{self.name}: {finished} instruction files written, {len(pending)} to go")
+                last = time.time()
+        parts = [storage.join(out_dir, "_index", f"{i:06d}.parquet") for i in range(n_files)]
+        self._remove_stale(out_dir, p.corpus, n_files, parts)
+        files, turns = [], 0
+        for i, part in enumerate(parts):
+            fs, path = storage.resolve(part)
+            t = pq.read_table(path, filesystem=fs, columns=["turns"])
+            turns += sum(t.column("turns").to_pylist())
+            files.append({"name": f"{p.corpus}-{i:06d}.jsonl", "samples": t.num_rows})
+        _concat_parquet(parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA)
+        storage.write_json(storage.join(out_dir, "instructions.json"), {
+            "format": FORMAT, "corpus": p.corpus, "origin": p.origin, "samples_per_file": p.samples_per_file,
+            "seed": seed, "total_samples": total, "total_turns": turns, "num_files": n_files, "files": files,
+            "images": "images/", "index": "index.parquet",
+        })
+        self.run_stats = {"samples": total, "turns": turns, "files": n_files}
+        return parts
+
+    @staticmethod
+    def _remove_stale(out_dir: str, corpus: str, n_files: int, parts: list[str]) -> None:
+        """Files numbered past the end, and images no sample refers to, belong to an earlier run."""
+        import pyarrow.parquet as pq
+
+        for info in storage.list_files(out_dir, ".jsonl"):
+            m = re.fullmatch(rf"{re.escape(corpus)}-(\d+)\.jsonl", info.base_name)
+            if not m or int(m.group(1)) >= n_files:
+                storage.remove(storage.join(out_dir, info.base_name))
+        for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
+            if int(info.base_name.split(".")[0]) >= n_files:
+                storage.remove(storage.join(out_dir, "_index", info.base_name))
+        used = set()
+        for part in parts:
+            fs, path = storage.resolve(part)
+            used.update(x for x in pq.read_table(path, filesystem=fs, columns=["image"]).column("image").to_pylist() if x)
+        for info in storage.list_files(storage.join(out_dir, "images")):
+            if f"images/{info.base_name}" not in used:
+                storage.remove(storage.join(out_dir, "images", info.base_name))
