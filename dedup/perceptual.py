@@ -1,21 +1,43 @@
-"""Perceptual hashes of images and videos, for near-duplicate search.
+"""Perceptual hashes of images and videos, and the rules that call two of them near duplicates.
 
 An image hash is the 64-bit DCT pHash of ``imagehash`` (8x8 low frequencies of a
 32x32 greyscale thumbnail, each bit = above the median), stored as a signed
 int64 so it fits an Arrow ``int64`` column. Re-encodes, rescales and mild
 crops/colour changes move a handful of bits; unrelated images differ in ~32.
+Because each bit is "above the median of 64 values", a natural image's hash has
+exactly 32 ones and distances between two such hashes are even. Flat images
+(one colour, a plain gradient) have almost no ones: ``informative`` tells them apart.
 
 A video fingerprint is the list of pHashes of frames sampled uniformly in time
-(the same indices the judge sees), so two encodes of the same clip line up frame
-by frame whatever their fps or resolution.
+(``uniform_frame_indices``), so two encodes of the same clip line up frame by
+frame whatever their fps or resolution.
+
+Match rules (``fingerprints_match``; an image is a fingerprint of one frame):
+- images: Hamming distance <= ``threshold`` bits;
+- videos: resample the longer fingerprint to the shorter length L (uniformly, as
+  ``uniform_frame_indices``); for each temporal offset s in [-max_offset, max_offset]
+  count aligned frame pairs (i, i+s) within ``threshold`` bits; the pair matches when
+  the best count / L >= ``min_frame_match``. Dividing by L (not by the overlap) means
+  a shift never makes a short overlap look like a full match. The rule is symmetric.
+
+Candidate keys for LSH (``fingerprint_keys``): the 64 bits are split into ``chunks``
+contiguous chunks (as equal as possible); a key is (chunk index, chunk value).
+Pigeonhole: two hashes within ``chunks - 1`` bits agree on at least one whole chunk, so
+with ``chunks = threshold + 1`` every image pair within the threshold shares a key.
+Videos key every *informative* frame (flat frames such as black fades would put every
+video with a fade in one bucket), so a video pair becomes a candidate when some frame
+pair differs in at most ``chunks - 1`` bits and is not flat.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
 HASH_BITS = 64
+_MASK64 = (1 << 64) - 1
+# A natural image's pHash has 32 ones; flat images and plain gradients have 0-2.
+INFORMATIVE_ONES = (16, 48)
 
 
 def _to_int64(bits: np.ndarray) -> int:
@@ -58,3 +80,82 @@ def video_fingerprint(frames: Iterable) -> list[int]:
 def hamming(a: int, b: int) -> int:
     """Bits that differ between two 64-bit hashes (signed or unsigned)."""
     return bin((a ^ b) & 0xFFFFFFFFFFFFFFFF).count("1")
+
+
+def uniform_frame_indices(total: int, count: int) -> list[int]:
+    """``count`` frame indices spread uniformly from the first to the last frame (all when fewer)."""
+    if total <= 0 or count <= 0:
+        return []
+    if count >= total:
+        return list(range(total))
+    return [int(i) for i in np.round(np.linspace(0, total - 1, count))]
+
+
+def as_unsigned(hashes) -> np.ndarray:
+    """Signed int64 hashes (as stored) -> uint64 bit patterns."""
+    return np.asarray(hashes, dtype=np.int64).view(np.uint64)
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(np.asarray(x, dtype=np.uint64)).astype(np.int64)
+
+
+def informative(h: int) -> bool:
+    """False for flat frames (one colour, plain gradients): their hash says little."""
+    ones = bin(h & _MASK64).count("1")
+    return INFORMATIVE_ONES[0] <= ones <= INFORMATIVE_ONES[1]
+
+
+def chunk_masks(chunks: int) -> np.ndarray:
+    """uint64 masks of ``chunks`` contiguous bit ranges covering all 64 bits, most significant
+    first; the first ``64 % chunks`` chunks are one bit wider."""
+    if not 1 <= chunks <= HASH_BITS:
+        raise ValueError(f"chunks must be in 1..{HASH_BITS}, got {chunks}")
+    base, extra = divmod(HASH_BITS, chunks)
+    masks, top = [], HASH_BITS
+    for j in range(chunks):
+        width = base + (1 if j < extra else 0)
+        masks.append(((1 << width) - 1) << (top - width))
+        top -= width
+    return np.array(masks, dtype=np.uint64)
+
+
+def chunk_values(hashes, chunks: int) -> np.ndarray:
+    """(n, chunks) int64: each hash's chunks, shifted down (the LSH key values)."""
+    u = as_unsigned(hashes).reshape(-1, 1)
+    masks = chunk_masks(chunks)
+    shifts = np.array([int(m).bit_length() - int(m).bit_count() for m in masks], dtype=np.uint64)
+    return ((u & masks) >> shifts).astype(np.int64)
+
+
+def fingerprint_keys(fingerprint: Sequence[int], chunks: int, skip_flat: bool) -> set[tuple[int, int]]:
+    """The LSH keys (chunk index, chunk value) of a fingerprint's frames (one frame for an image)."""
+    frames = [h for h in fingerprint if not skip_flat or informative(h)]
+    if not frames:
+        return set()
+    vals = chunk_values(frames, chunks)
+    return {(j, int(v)) for row in vals for j, v in enumerate(row)}
+
+
+def resample(fingerprint: Sequence[int], length: int) -> list[int]:
+    """The fingerprint at ``length`` uniformly spaced positions (as if sampled that sparsely)."""
+    return [fingerprint[i] for i in uniform_frame_indices(len(fingerprint), length)]
+
+
+def frame_match_fraction(a: Sequence[int], b: Sequence[int], threshold: int, max_offset: int = 0) -> float:
+    """Best share, over offsets |s| <= max_offset, of the shorter fingerprint's L frames whose
+    aligned frame in the other (resampled to L) is within ``threshold`` bits."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0.0
+    x, y = as_unsigned(resample(a, n)), as_unsigned(resample(b, n))
+    close = popcount(x[:, None] ^ y[None, :]) <= threshold
+    best = max(int(np.trace(close, offset=s)) for s in range(-min(max_offset, n - 1), min(max_offset, n - 1) + 1))
+    return best / n
+
+
+def fingerprints_match(a: Sequence[int], b: Sequence[int], threshold: int, min_frame_match: float = 1.0,
+                       max_offset: int = 0) -> bool:
+    """The near-duplicate rule (module docstring): images within ``threshold`` bits; videos with at
+    least ``min_frame_match`` of their frames aligned within it."""
+    return frame_match_fraction(a, b, threshold, max_offset) >= min_frame_match - 1e-12

@@ -21,25 +21,27 @@ grouped. Reason: ``exact_dup_of:<kept sample_id>``.
 2. ``groupby([band, bhash]).map_groups``: every bucket with >= 2 members
    emits star edges member <-> smallest member (same connectivity as all
    pairs, linear in bucket size).
-3. Connected components by min-label propagation, all in Ray Data: the state
-   is one row per directed edge (node, nbr, label=label of node). A round
-   emits each row plus a message (node=nbr, label) and groups by node; a node's
-   new label is the minimum of its own and its messages. The number of labels
-   that changed is summed (``ds.sum``, a count reaches the driver); rounds stop
-   when it is 0 (at most ``max_rounds``, else the stage fails loudly). Labels
-   end as the smallest sample_id of the component; rounds ~ component
-   diameter, small because buckets are stars.
-4. ``groupby(label).map_groups`` picks the representative (highest
-   ``prefer``, then smallest sample_id) and emits (sample_id, rep) for the
-   others; a left join of the rows with these decisions marks them
-   ``near_dup_of:<rep>``.
+3. Connected components and decisions (``dedup/components.py``, shared with
+   ``phash_dedup``): min-label propagation over the edges, all in Ray Data
+   (only counts of changed labels reach the driver; rounds ~ component
+   diameter, small because buckets are stars); ``groupby(label)`` picks the
+   representative (highest ``prefer``, then smallest sample_id); the others
+   are marked ``near_dup_of:<rep>``. ``run_stats``: clusters, rows dropped,
+   cluster-size histogram.
 Decisions depend only on sample ids, text and ``prefer``: the same kept set
 whatever the block or chunk layout.
 
-Known limits: candidate pairs are not verified against the estimated Jaccard
-(standard LSH dedup; the S-curve in ``dedup.minhash.print_curve`` gives the
-false-positive rate), and transitive chains A~B~C can join A and C below
-the threshold. exact_dedup shuffles whole rows (media included).
+Candidate verification (``verify: true``, off by default): band rows also
+carry each document's shingle hashes, and a bucket joins only members whose
+exact Jaccard reaches ``threshold``. Without it every LSH candidate is a
+duplicate, so pairs just below the threshold are dropped and pairs just above
+are missed at the rates of the S-curve (``dedup.minhash.print_curve``; at 0.8
+the default 9 x 13 banding catches a J=0.8 pair 40% of the time). With it,
+set ``candidate_threshold`` lower (e.g. 0.6: 18 x 7, 98% at J=0.8) for recall;
+``bench/dedup.py`` measures both.
+
+Known limits: transitive chains A~B~C can join A and C below the threshold.
+exact_dedup shuffles whole rows (media included).
 """
 from __future__ import annotations
 
@@ -48,26 +50,14 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from dedup.components import PREF as _PREF
+from dedup.components import prefer_values as _prefer_values
+from dedup.components import representative_order as _representative_order
 from stages.base import KEPT, Params, Resources, Stage, mark_arrow
 
-_KEY, _PREF = "_dedup_key", "_dedup_prefer"
-
-
-def _prefer_values(table: pa.Table, prefer: str | None) -> pa.Array:
-    """Float64 ranking value: the prefer column (missing/NaN -> -inf), or 0 for every row."""
-    if prefer is None:
-        return pa.array(np.zeros(table.num_rows), pa.float64())
-    vals = table.column(prefer).cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
-    vals = np.where(np.isnan(vals), -np.inf, vals)
-    return pa.array(vals, pa.float64())
-
-
-def _representative_order(sample_ids: list[str], prefs: np.ndarray) -> np.ndarray:
-    """Indices sorted best first: highest prefer, then smallest sample_id."""
-    return np.array(sorted(range(len(sample_ids)), key=lambda i: (-prefs[i], sample_ids[i])), dtype=np.int64)
+_KEY = "_dedup_key"
 
 
 # -- exact -------------------------------------------------------------------------------
@@ -123,6 +113,7 @@ def _drop_helpers(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
 class ExactDedupStage(Stage):
     kind = "exact_dedup"
     mode = "global"
+    code_deps = ("dedup",)
     Params = ExactDedupParams
     description = "Drop exact duplicates of key columns (normalised text, image_hash, ...), keeping one per group."
     default_resources = Resources(num_cpus=1, batch_size=4096)
@@ -156,10 +147,34 @@ class MinHashDedupParams(Params):
     seed: int = Field(1, ge=0, description="MinHash permutation seed (datasketch's)")
     prefer: str | None = Field(None, description="numeric column: the component keeps its highest (ties: smallest sample_id)")
     max_rounds: int = Field(64, ge=1, description="label-propagation rounds before giving up")
+    verify: bool = Field(False, description="keep a candidate pair only if the exact Jaccard of its shingle sets "
+                                            ">= threshold (band rows then carry each document's shingle hashes)")
+    candidate_threshold: float | None = Field(None, gt=0, lt=1, description="Jaccard the LSH banding targets "
+                                              "(default: threshold); lower it with verify for recall at threshold")
+
+    @model_validator(mode="after")
+    def _candidates_not_above_threshold(self):
+        if self.candidate_threshold is not None and self.candidate_threshold > self.threshold:
+            raise ValueError(f"candidate_threshold ({self.candidate_threshold}) must be <= threshold ({self.threshold})")
+        return self
+
+
+_SHINGLES = "_dedup_shingles"
+
+
+def _shingle_hash_lists(texts: list[str], ngram: int, unit: str, repeat: int) -> pa.Array:
+    """Each document's distinct shingle hashes (uint32, sorted), repeated once per band row."""
+    from dedup.minhash import hash_shingles, shingles
+
+    sets = [np.unique(hash_shingles(shingles(t, ngram, unit))) for t in texts]
+    lens = np.repeat(np.array([len(s) for s in sets], dtype=np.int64), repeat)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    values = np.concatenate([s for s in sets for _ in range(repeat)]) if sets else np.array([], np.uint32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.uint32()))
 
 
 def _band_rows(table: pa.Table, column: str, num_perm: int, seed: int, ngram: int, unit: str,
-               bands: int, rows: int, prefer: str | None) -> pa.Table:
+               bands: int, rows: int, prefer: str | None, verify: bool = False) -> pa.Table:
     from dedup.minhash import band_hashes, has_shingles, signatures
 
     texts = table.column(column).to_pylist()
@@ -169,109 +184,64 @@ def _band_rows(table: pa.Table, column: str, num_perm: int, seed: int, ngram: in
     bh = band_hashes(sigs, bands, rows)  # (n, bands)
     ids = np.array(table.column("sample_id").to_pylist(), dtype=object)[idx]
     prefs = _prefer_values(table, prefer).to_numpy(zero_copy_only=False)[idx]
-    return pa.table({
+    cols = {
         "band": pa.array(np.tile(np.arange(bands, dtype=np.int32), len(idx))),
         "bhash": pa.array(bh.reshape(-1)),
         "sample_id": pa.array(np.repeat(ids, bands).tolist(), pa.string()),
         _PREF: pa.array(np.repeat(prefs, bands), pa.float64()),
-    })
-
-
-def _bucket_edges(group: pa.Table) -> pa.Table:
-    """A bucket of >= 2 documents -> star edges to its smallest member, both directions."""
-    ids = sorted(set(group.column("sample_id").to_pylist()))
-    prefs = dict(zip(group.column("sample_id").to_pylist(), group.column(_PREF).to_pylist()))
-    if len(ids) < 2:
-        return _edge_table([], [], [])
-    center = ids[0]
-    src, dst = [], []
-    for other in ids[1:]:
-        src += [center, other]
-        dst += [other, center]
-    return _edge_table(src, dst, [prefs[s] for s in src])
-
-
-def _edge_table(node, nbr, pref) -> pa.Table:
-    return pa.table({"node": pa.array(node, pa.string()), "nbr": pa.array(nbr, pa.string()),
-                     "label": pa.array(node, pa.string()), _PREF: pa.array(pref, pa.float64()),
-                     "msg": pa.array([False] * len(node), pa.bool_()),
-                     "changed": pa.array([0] * len(node), pa.int64())})
-
-
-def _dedupe_edges(group: pa.Table) -> pa.Table:
-    """One row per distinct (node, nbr): several buckets may give the same edge."""
-    t = group.slice(0, 1)
-    return t
-
-
-def _with_messages(table: pa.Table) -> pa.Table:
-    """Each state row (node, nbr, label) also sends its label to nbr."""
-    msgs = pa.table({"node": table.column("nbr"), "nbr": table.column("nbr"), "label": table.column("label"),
-                     _PREF: pa.array([0.0] * table.num_rows, pa.float64()),
-                     "msg": pa.array([True] * table.num_rows, pa.bool_()),
-                     "changed": pa.array([0] * table.num_rows, pa.int64())})
-    state = table.set_column(table.column_names.index("msg"), "msg", pa.array([False] * table.num_rows, pa.bool_()))
-    return pa.concat_tables([state, msgs.select(state.column_names)])
-
-
-def _propagate(group: pa.Table) -> pa.Table:
-    """One node: new label = min(own label, neighbours' labels); keep its edge rows only."""
-    labels = group.column("label").to_pylist()
-    new = min(labels)
-    is_msg = group.column("msg").to_numpy(zero_copy_only=False)
-    state = group.filter(pa.array(~is_msg))
-    old = state.column("label")[0].as_py()
-    changed = [0] * state.num_rows
-    if new != old:
-        changed[0] = 1  # one count per node
-    state = state.set_column(state.column_names.index("label"), "label", pa.array([new] * state.num_rows, pa.string()))
-    return state.set_column(state.column_names.index("changed"), "changed", pa.array(changed, pa.int64()))
-
-
-def _component_decisions(group: pa.Table) -> pa.Table:
-    """One component (all state rows with one label): the best node stays, the others point at it."""
-    nodes: dict[str, float] = {}
-    for n, p in zip(group.column("node").to_pylist(), group.column(_PREF).to_pylist()):
-        nodes[n] = p
-    ids = sorted(nodes)
-    order = _representative_order(ids, np.array([nodes[i] for i in ids], dtype=np.float64))
-    rep = ids[order[0]]
-    others = [i for i in ids if i != rep]
-    return pa.table({"sample_id": pa.array(others, pa.string()), "_dedup_rep": pa.array([rep] * len(others), pa.string())})
-
-
-def _tag_rows(table: pa.Table) -> pa.Table:
-    n = table.num_rows
-    return (table.append_column("_dedup_rep", pa.nulls(n, pa.string()))
-            .append_column("_dedup_decision", pa.array([False] * n, pa.bool_())))
-
-
-def _pad_decisions(dec: pa.Table, schema: pa.Schema) -> pa.Table:
-    n = dec.num_rows
-    cols = {f.name: (dec.column("sample_id") if f.name == "sample_id" else pa.nulls(n, f.type)) for f in schema}
-    cols["_dedup_rep"] = dec.column("_dedup_rep").cast(pa.string())
-    cols["_dedup_decision"] = pa.array([True] * n, pa.bool_())
+    }
+    if verify:
+        cols[_SHINGLES] = _shingle_hash_lists([texts[i] for i in idx], ngram, unit, bands)
     return pa.table(cols)
 
 
-def _apply_near(table: pa.Table, stage: str) -> pa.Table:
-    """One sample_id: its row, and the decision row when it is a near duplicate."""
-    is_dec = table.column("_dedup_decision").to_numpy(zero_copy_only=False)
-    rep = None
-    if is_dec.any():
-        rep = table.filter(pa.array(is_dec)).column("_dedup_rep")[0].as_py()
-    table = table.filter(pa.array(~is_dec)).drop_columns(["_dedup_decision"])
-    n = table.num_rows
-    table = table.set_column(table.column_names.index("_dedup_rep"), "_dedup_rep", pa.array([rep] * n, pa.string()))
-    reps = table.column("_dedup_rep")
-    dropped = pc.fill_null(pc.is_valid(reps), False).to_numpy(zero_copy_only=False)
-    reasons = [f"near_dup_of:{r}" if r is not None else None for r in reps.to_pylist()]
-    return mark_arrow(table, dropped, reasons, stage).drop_columns(["_dedup_rep"])
+def _verified_edges(ids: list[str], sets: list[set], prefs: dict[str, float], threshold: float) -> pa.Table:
+    """Members of one bucket joined when their exact Jaccard >= threshold (union-find, pairs
+    already joined are not compared: linear for a bucket of near-copies, quadratic at worst);
+    star edges per joined group."""
+    from dedup.components import edge_table, star_edges
+
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    parent = list(range(len(ids)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for k, a in enumerate(order):
+        for b in order[k + 1:]:
+            ra, rb = find(a), find(b)
+            if ra == rb:
+                continue
+            inter = len(sets[a] & sets[b])
+            if inter >= threshold * (len(sets[a]) + len(sets[b]) - inter):
+                parent[max(ra, rb, key=lambda r: ids[r])] = min(ra, rb, key=lambda r: ids[r])
+    groups: dict[int, list[str]] = {}
+    for i in order:
+        groups.setdefault(find(i), []).append(ids[i])
+    parts = [star_edges(m, prefs) for m in groups.values() if len(m) >= 2]
+    return pa.concat_tables(parts) if parts else edge_table([], [], [])
+
+
+def _bucket_edges(group: pa.Table, verify_threshold: float | None = None) -> pa.Table:
+    """A bucket of >= 2 documents -> star edges to its smallest member, both directions;
+    with ``verify_threshold``, only between members whose exact Jaccard reaches it."""
+    from dedup.components import star_edges
+
+    ids = group.column("sample_id").to_pylist()
+    prefs = dict(zip(ids, group.column(_PREF).to_pylist()))
+    if verify_threshold is None or len(ids) < 2:
+        return star_edges(ids, prefs)
+    sets = [set(h) for h in group.column(_SHINGLES).to_pylist()]
+    return _verified_edges(ids, sets, prefs, verify_threshold)
 
 
 class MinHashDedupStage(Stage):
     kind = "minhash_dedup"
     mode = "global"
+    code_deps = ("dedup",)
     Params = MinHashDedupParams
     description = "Drop near duplicates (MinHash LSH over word n-grams, connected components), keeping one per cluster."
     default_resources = Resources(num_cpus=1, batch_size=1024)
@@ -286,38 +256,20 @@ class MinHashDedupStage(Stage):
         return []
 
     def transform(self, ds, seed: int, log: Callable[[str], None]):
+        from dedup.components import resolve_clusters
         from dedup.minhash import collision_probability, optimal_bands
 
         p = self.params
-        bands, rows = optimal_bands(p.threshold, p.num_perm)
+        bands, rows = optimal_bands(p.candidate_threshold or p.threshold, p.num_perm)
         log(f"{self.name}: MinHash {p.num_perm} perms, {bands} bands x {rows} rows; "
             f"P(candidate) {collision_probability(p.threshold, bands, rows):.3f} at J={p.threshold}, "
-            f"{collision_probability(min(1.0, p.threshold + 0.1), bands, rows):.3f} at J={min(1.0, p.threshold + 0.1):.2f}")
+            f"{collision_probability(min(1.0, p.threshold + 0.1), bands, rows):.3f} at J={min(1.0, p.threshold + 0.1):.2f}"
+            + (f"; candidates verified: exact Jaccard >= {p.threshold}" if p.verify else ""))
         ds = ds.materialize()  # read once: signatures and the final join both use it
-        band_rows = ds.map_batches(_band_rows, fn_args=(p.column, p.num_perm, p.seed, p.ngram, p.unit, bands, rows, p.prefer),
+        band_rows = ds.map_batches(_band_rows, fn_args=(p.column, p.num_perm, p.seed, p.ngram, p.unit, bands, rows, p.prefer,
+                                                        p.verify),
                                    batch_format="pyarrow", batch_size=self.default_resources.batch_size)
-        edges = band_rows.groupby(["band", "bhash"]).map_groups(_bucket_edges, batch_format="pyarrow")
-        state = edges.groupby(["node", "nbr"]).map_groups(_dedupe_edges, batch_format="pyarrow").materialize()
-        n_edges = state.count()
-        if n_edges:
-            for rnd in range(1, p.max_rounds + 1):
-                state = (state.map_batches(_with_messages, batch_format="pyarrow", batch_size=None)
-                         .groupby("node").map_groups(_propagate, batch_format="pyarrow").materialize())
-                changed = state.sum("changed") or 0
-                log(f"{self.name}: label propagation round {rnd}: {changed} labels changed ({n_edges} directed edges)")
-                if changed == 0:
-                    break
-            else:
-                raise RuntimeError(f"{self.name}: components did not converge in {p.max_rounds} rounds")
-            decisions = state.groupby("label").map_groups(_component_decisions, batch_format="pyarrow").materialize()
-        else:
-            decisions = None
-        if decisions is None or decisions.count() == 0:
-            return ds
-        # Row-preserving apply without a join (Ray's join needs polars): the rows and the decisions,
-        # padded to one schema, are grouped by sample_id; each group is one row plus at most one decision.
-        schema = ds.schema().base_schema
-        rows_ = ds.map_batches(_tag_rows, batch_format="pyarrow", batch_size=None)
-        decs = decisions.map_batches(_pad_decisions, fn_args=(schema,), batch_format="pyarrow", batch_size=None)
-        return (rows_.union(decs).groupby("sample_id")
-                .map_groups(_apply_near, fn_args=(self.name,), batch_format="pyarrow"))
+        edges = band_rows.groupby(["band", "bhash"]).map_groups(
+            _bucket_edges, fn_args=(p.threshold if p.verify else None,), batch_format="pyarrow")
+        out, self.run_stats = resolve_clusters(ds, edges, self.name, p.max_rounds, log)
+        return out
