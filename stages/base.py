@@ -107,7 +107,7 @@ class Stage:
         """Produced columns worth a manifest row: scalars, never media bytes."""
         return [
             c for c, t in self.output_columns().items()
-            if not (pa.types.is_binary(t) or pa.types.is_large_binary(t)) and not c.startswith("_")
+            if not is_media_type(t) and not c.startswith("_")
         ]
 
     # -- lifecycle ---------------------------------------------------------
@@ -157,6 +157,13 @@ def mark_arrow(table: pa.Table, hit: Any, reason: Any, stage: str) -> pa.Table:
     for name, arr in cols.items():
         table = table.set_column(table.column_names.index(name), name, arr)
     return table
+
+
+def is_media_type(t: pa.DataType) -> bool:
+    """Bytes, or a list of bytes (video frames): kept out of manifests."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def format_number(value: float) -> str:

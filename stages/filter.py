@@ -21,11 +21,13 @@ class Rule(Params):
     max: float | None = Field(None, description="drop rows whose value is above this")
     equals: str | int | float | bool | None = Field(None, description="drop rows whose value differs")
     missing: str = Field("drop", pattern="^(drop|keep)$", description="what to do when the value is null or NaN")
+    refusal: float | None = Field(None, description="the judge's 'cannot judge' value (e.g. -1): such rows are dropped "
+                                                    "with reason COLUMN:refused, before min/max are tested")
 
     @model_validator(mode="after")
     def _has_test(self):
-        if self.min is None and self.max is None and self.equals is None:
-            raise ValueError(f"rule on {self.column!r} needs at least one of min, max, equals")
+        if self.min is None and self.max is None and self.equals is None and self.refusal is None:
+            raise ValueError(f"rule on {self.column!r} needs at least one of min, max, equals, refusal")
         return self
 
 
@@ -54,6 +56,8 @@ class FilterStage(Stage):
             if rule.missing == "drop":
                 mark(batch, missing, DROPPED, f"{rule.column}:missing")
             ok = ~missing
+            if rule.refusal is not None:
+                mark(batch, ok & (pd.to_numeric(values, errors="coerce") == rule.refusal), DROPPED, f"{rule.column}:refused")
             if rule.min is not None:
                 mark(batch, ok & (pd.to_numeric(values, errors="coerce") < rule.min), DROPPED, f"{rule.column}<{format_number(rule.min)}")
             if rule.max is not None:

@@ -10,7 +10,9 @@ is ever invented or clamped.
 Requests are ordered so shared parts come first (rubric text, then the image,
 then the sample's text), and when several rubrics judge one image their
 requests are sent together, adjacent, so vLLM's prefix cache computes the
-image once. ``combine: true`` scores all dimensions in one answer instead.
+image once. ``combine: true`` scores all dimensions in one answer instead. With
+``frames_column`` (a list<binary> column, e.g. a video's sampled frames) all frames of a row are
+sent in order as its images.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class JudgeParams(Params):
                                    description="rubric template field -> column holding it")
     image_column: str | None = Field("image", description="column with image bytes; None for text-only rubrics")
     image_max_side: int | None = Field(448, ge=32, description="downscale images to this side before judging (None: as is)")
+    frames_column: str | None = Field(None, description="list<binary> column of video frames (JPEG), all sent in order "
+                                                        "as the sample's images; replaces image_column")
     max_tokens: int | None = Field(None, ge=1, description="override the rubrics' answer budget")
     temperature: float = Field(0.0, ge=0)
 
@@ -77,7 +81,9 @@ class JudgeStage(Stage):
 
     def input_columns(self) -> dict[str, pa.DataType]:
         cols = {c: pa.string() for c in self.params.fields.values()}
-        if self.params.image_column:
+        if self.params.frames_column:
+            cols[self.params.frames_column] = pa.list_(pa.binary())
+        elif self.params.image_column:
             cols[self.params.image_column] = pa.binary()
         return cols
 
@@ -102,7 +108,15 @@ class JudgeStage(Stage):
         n = len(batch)
         images: list[tuple[bytes, ...]] = [()] * n
         row_error: list[str | None] = [None] * n
-        if p.image_column:
+        if p.frames_column:
+            for i, frames in enumerate(batch[p.frames_column]):
+                try:
+                    images[i] = tuple(shrink_image(bytes(f), p.image_max_side) for f in (frames if frames is not None else ()))
+                    if not images[i]:
+                        row_error[i] = "judge_image: no frames"
+                except Exception as e:
+                    row_error[i] = f"judge_image: {type(e).__name__}: {e}"
+        elif p.image_column:
             for i, data in enumerate(batch[p.image_column]):
                 try:
                     images[i] = (shrink_image(bytes(data), p.image_max_side),)

@@ -43,6 +43,8 @@ class ShardParams(Params):
     max_tiles: int = Field(12, ge=1, description="cap on dynamic tiles per image")
     thumbnail: bool = Field(True, description="add a global thumbnail tile when an image spans several tiles")
     text_field: str = Field("caption", description="name of the text field in each sample's .json")
+    directory: str = Field("shards", pattern=r"^[A-Za-z0-9_.-]+$",
+                           description="output folder under the run directory (one per sink when a pipeline writes several)")
 
 
 class TokenCounter:
@@ -168,17 +170,26 @@ class ShardStage(Stage):
     def manifest_columns(self) -> list[str]:
         return ["shard", "key", "position", "text_tokens", "visual_tokens"]
 
+    # What a subclass (video_shard) changes: how rows are ordered and how one shard is written.
+    writer = staticmethod(write_shard)
+    member_suffixes = ("json", "<image ext>", "txt")
+
+    def order(self, seed: int) -> tuple[Callable, tuple]:
+        """(function adding the int64 ``_order`` column to an Arrow block, its extra arguments)."""
+        return _add_order, (seed,)
+
     def run_global(self, ds, run_dir: str, seed: int, resume: bool, log: Callable[[str], None]) -> list[str]:
         """Returns the index part URIs, from which the runner writes this stage's manifest."""
         import ray
 
         p = self.params
-        out_dir = storage.join(run_dir, "shards")
+        out_dir = storage.join(run_dir, p.directory)
         if not resume:
             storage.rmtree(out_dir)
         storage.makedirs(storage.join(out_dir, "_index"))
         seed = p.seed if p.seed is not None else seed
-        ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None).sort("_order")
+        order_fn, order_args = self.order(seed)
+        ds = ds.map_batches(order_fn, fn_args=order_args, batch_format="pyarrow", batch_size=None).sort("_order")
         refs = ds.to_arrow_refs()
         counts = ray.get([ray.remote(num_cpus=1)(_num_rows).remote(r) for r in refs])
         total = sum(counts)
@@ -188,7 +199,7 @@ class ShardStage(Stage):
             starts.append(starts[-1] + c)
         done = {i.base_name for i in storage.list_files(storage.join(out_dir, "_index"), ".parquet")}
         pending = []
-        writer = ray.remote(num_cpus=self.default_resources.num_cpus)(write_shard)
+        writer = ray.remote(num_cpus=self.default_resources.num_cpus)(self.writer)
         for i in range(n_shards):
             name = f"{p.corpus}-{i:06d}.tar"
             if f"{i:06d}.parquet" in done and storage.exists(storage.join(out_dir, name)):
@@ -230,7 +241,7 @@ class ShardStage(Stage):
         storage.write_json(storage.join(out_dir, "shards.json"), {
             "corpus": p.corpus, "samples_per_shard": p.samples_per_shard, "seed": seed,
             "total_samples": total, "num_shards": n_shards, "shards": shard_list,
-            "index": "index.parquet", "member_suffixes": ["json", "<image ext>", "txt"],
+            "index": "index.parquet", "member_suffixes": list(self.member_suffixes),
         })
         return parts
 
