@@ -57,8 +57,14 @@ def ensure_ray() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level="WARNING")
     from ray.data import DataContext
 
+    from ray.data.context import ShuffleStrategy
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = True
+    # Group-bys (dedup, resampling, components) as task-based sort shuffles: Ray 2.60's default
+    # hash shuffle starts a pool of aggregator actors per group-by (~20 s each on a small node),
+    # which dominated short runs; tasks cost nothing when idle and spill the same way.
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
 def source_signatures(config: PipelineConfig) -> dict[str, str]:
