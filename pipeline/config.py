@@ -244,7 +244,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, inputs: li
 
         raw = apply_smoke(raw, limit)
     elif limit is not None:
+        from pipeline.smoke import reads_source
+
         for stage in raw.get("stages") or []:
-            if isinstance(stage, dict) and stage.get("kind") == "ingest":
+            if isinstance(stage, dict) and reads_source(stage.get("kind")):
                 stage["limit"] = limit
     return parse_config(raw, where)

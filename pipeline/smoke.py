@@ -16,6 +16,18 @@ def tiny_model_cache() -> Path:
     return Path(root) / "tiny-models"
 
 
+# Model stages whose answers a random tiny model would give as one constant when greedy.
+_SAMPLED_IN_SMOKE = {"judge", "instruction_validate", "category_phrase"}
+
+
+def reads_source(kind) -> bool:
+    """True for source stage kinds (ingest, instruction_ingest, video_ingest...) that take a ``limit``."""
+    from stages.registry import stage_kinds
+
+    cls = stage_kinds().get(kind)
+    return cls is not None and cls.mode == "source" and "limit" in cls.Params.model_fields
+
+
 def apply_smoke(raw: dict[str, Any], limit: int | None, cache: Path | None = None) -> dict[str, Any]:
     """Rewrite a raw pipeline dict in place: tiny models everywhere, ingest limited to ``limit`` rows."""
     from judges.tiny_models import TINY_CLIP, TINY_CLIP_MODEL_NAME, TINY_QWEN2, TINY_QWEN2VL, build_all
@@ -25,7 +37,7 @@ def apply_smoke(raw: dict[str, Any], limit: int | None, cache: Path | None = Non
         if not isinstance(stage, dict):
             continue
         kind = stage.get("kind")
-        if kind == "ingest" and limit is not None:
+        if limit is not None and reads_source(kind):
             stage["limit"] = limit
         engine = stage.get("engine")
         if isinstance(engine, dict):
@@ -41,7 +53,7 @@ def apply_smoke(raw: dict[str, Any], limit: int | None, cache: Path | None = Non
             engine["gpu_memory_utilization"] = min(float(engine.get("gpu_memory_utilization", 0.85)), 0.3)
             res = stage.setdefault("resources", {})
             res["num_gpus"] = 0
-            if kind == "judge":
+            if kind in _SAMPLED_IN_SMOKE:
                 # A random model answers greedily with one constant; sampling (seeded, so still
                 # reproducible) spreads its answers so every later stage sees both outcomes.
                 stage["temperature"] = 1.0

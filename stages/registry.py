@@ -12,10 +12,24 @@ def stage_kinds() -> dict[str, type[Stage]]:
     from stages.filter import FilterStage
     from stages.ingest import IngestStage
     from stages.judge import JudgeStage
+    from stages.perceptual_dedup import PHashDedupStage, PHashStage
     from stages.shard import ShardStage
+    from stages.resample import LengthResampleStage, NgramResampleStage, SourceResampleStage
+    from stages.recaption import RecaptionStage
+    from stages.language import LanguageStage
+    from stages.caption_qa import CaptionQAStage
+    from stages.instruction_export import InstructionExportStage
+    from stages.charts import ChartLanguageStage, ChartRenderStage, ChartRephraseStage, ChartSpecStage
+    from stages.video_ingest import VideoIngestStage
+    from stages.video_shard import VideoShardStage
 
     kinds = [IngestStage, DecodeStage, FilterStage, ClipScoreStage, ClipFilterStage, JudgeStage, ShardStage,
              ExactDedupStage, MinHashDedupStage]
+    kinds += [RecaptionStage, CaptionQAStage, InstructionExportStage, LanguageStage]
+    kinds += [PHashStage, PHashDedupStage]
+    kinds += [SourceResampleStage, NgramResampleStage, LengthResampleStage]
+    kinds += [ChartSpecStage, ChartRenderStage, ChartRephraseStage, ChartLanguageStage]
+    kinds += [VideoIngestStage, VideoShardStage]
     return {k.kind: k for k in kinds}
 
 
