@@ -21,6 +21,13 @@ answer-verification before a model judge). ``verify`` tries, in order:
 5. ``string``: normalised text (case, whitespace, punctuation, articles, LaTeX wrappers). Equal is
    a match; a mismatch is decisive only for closed answers (yes/no, true/false), otherwise the
    verdict is ``undecided`` (``match=None``): free text needs a model judge.
+
+For whole model responses (chain-of-thought, policy samples): ``extract_final_answer`` finds the
+final answer (last ``\\boxed{}`` after any ``</think>``, a ``<CONCLUSION>``, "the answer is ...",
+or a short bare answer), ``answer_kind`` says what kind of answer a reference is, and
+``verify_responses`` checks a batch of responses against their references by the rules above and
+sends what stays undecided to a model check (the answer_verification rubric), recording for each
+which path decided.
 """
 from __future__ import annotations
 
@@ -29,9 +36,12 @@ import re
 import string
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Callable, Literal
 
 Method = Literal["numeric", "symbolic", "choice", "string", "undecided"]
+# How a response was finally decided (``verify_responses``): a ``Method``, ``model`` (the
+# answer_verification judge), or ``no_answer`` (no final answer could be extracted).
+Decision = Literal["numeric", "symbolic", "choice", "string", "model", "no_answer", "undecided"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ def extract_choice(text: str | None) -> str | None:
         m = _CHOICE_ALONE.match(inner) or _CHOICE_LEAD.match(inner)
         if m:
             return next(g for g in m.groups() if g).upper()
+    text = _TEXT_CMD.sub(r"\1", text)      # an already unboxed "\text{(B)}"
     m = _CHOICE_ALONE.match(text)
     if m:
         return m.group(1).upper()
@@ -819,3 +830,124 @@ def _compare_lists(c, r, lc, lr) -> Verdict:
 def answers_match(candidate: str | None, reference: str | None) -> bool | None:
     """True / False, or None when it cannot be decided without a model."""
     return verify(candidate, reference).match
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole responses: extraction, answer kinds, verification with a model fallback
+# --------------------------------------------------------------------------------------------------
+
+_CONCLUSION_RE = re.compile(r"<CONCLUSION>(.*?)</CONCLUSION>", re.S | re.I)
+_FINAL_PHRASE_RE = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|would be|should be|:|=)\s*:?\s*(?P<ans>[^\n]+)", re.I)
+
+
+def _tidy(ans: str) -> str:
+    ans = ans.strip().strip("*").strip()
+    ans = re.sub(r"^[:\-\s]+", "", ans)
+    return ans.rstrip(".").strip().strip("*").strip()
+
+
+def extract_final_answer(response: str | None, short_chars: int = 80) -> str | None:
+    """The final answer of a model response, or None when it gives none.
+
+    Only the part after ``</think>`` counts when there is one (a response cut off inside its
+    reasoning has no answer). In that part: the last ``\\boxed{...}``; else the last
+    ``<CONCLUSION>...</CONCLUSION>`` (LLaVA-CoT); else what follows the last "answer is" /
+    "Answer:" on its line; else the whole part when it is one short line (a bare answer)."""
+    if not response or not response.strip():
+        return None
+    text = response
+    if "<think>" in text and "</think>" not in text:
+        return None
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    text = text.strip()
+    if not text:
+        return None
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed.strip() or None
+    if re.search(r"\\(?:boxed|fbox)\s*\{", text):
+        return None                                    # a \boxed{ that never closes: truncated
+    concl = _CONCLUSION_RE.findall(text)
+    if concl:
+        inner = concl[-1].strip()
+        return extract_final_answer(inner, short_chars) or (inner or None)
+    phrases = list(_FINAL_PHRASE_RE.finditer(text))
+    if phrases:
+        ans = _tidy(phrases[-1].group("ans"))
+        return ans or None
+    if "\n" not in text and len(text) <= short_chars:
+        return _tidy(text) or None
+    return None
+
+
+def answer_kind(reference: str | None) -> str:
+    """What a reference answer is, for routing: ``choice`` (an option letter), ``numeric``,
+    ``symbolic`` (an expression or equation), ``list``, ``short_text`` (at most five words) or
+    ``long_text`` (free text no rule can check; only a model can)."""
+    if reference is None or not str(reference).strip():
+        return "long_text"
+    ref = str(reference)
+    if _is_choice_reference(ref) is not None:
+        return "choice"
+    r = _prepare(ref)
+    m = _ASSIGN_RE.match(r)
+    if m and _parse_number(m.group(1).strip()) is not None:
+        r = m.group(1).strip()                        # "x = 3" is the number 3
+    if _split_list(r) is not None:
+        return "list"
+    if _parse_number(r) is not None:
+        return "numeric"
+    if _MATHY.search(r) and re.search(r"[\d=+\-*/^\\]", r):
+        try:
+            _parse_math(r)
+            return "symbolic"
+        except (_NotMath, RecursionError, ValueError, TypeError, ZeroDivisionError):
+            pass
+    return "short_text" if len(normalize_answer(r).split()) <= 5 else "long_text"
+
+
+@dataclass(frozen=True)
+class ResponseCheck:
+    """One response against its reference: the extracted answer, the verdict and the path that
+    decided it (``numeric``/``symbolic``/``choice``/``string`` by rule, ``model``, ``no_answer``,
+    or ``undecided`` when no rule decides and no model was asked or it gave no usable answer)."""
+
+    extracted: str | None
+    match: bool | None
+    decided_by: Decision
+
+    def to_dict(self) -> dict:
+        return {"extracted": self.extracted, "match": self.match, "decided_by": self.decided_by}
+
+
+ModelCheck = Callable[[list[tuple[str, str, str]]], list["bool | None"]]
+
+
+def verify_responses(items: list[tuple[str | None, str, str]], model: ModelCheck | None = None) -> list[ResponseCheck]:
+    """Check ``(response, reference, question)`` items: extract each final answer and verify it by
+    rule; the ones no rule decides go, in one batch, to ``model`` -- a callable taking
+    ``(question, reference, candidate)`` triples and returning True / False / None each (None:
+    the model gave no usable verdict) -- when one is given."""
+    out: list[ResponseCheck | None] = []
+    pending: list[int] = []
+    for i, (response, reference, _question) in enumerate(items):
+        cand = extract_final_answer(response)
+        if cand is None:
+            out.append(ResponseCheck(None, False, "no_answer"))
+            continue
+        v = verify(cand, reference)
+        if v.match is None:
+            out.append(ResponseCheck(cand, None, "undecided"))
+            pending.append(i)
+        else:
+            out.append(ResponseCheck(cand, v.match, v.method))
+    if model is not None and pending:
+        verdicts = model([(items[i][2] or "", str(items[i][1]), out[i].extracted or "") for i in pending])
+        if len(verdicts) != len(pending):
+            raise ValueError(f"model check returned {len(verdicts)} verdicts for {len(pending)} answers")
+        for i, m in zip(pending, verdicts):
+            if m is not None:
+                out[i] = ResponseCheck(out[i].extracted, bool(m), "model")
+    return [o for o in out if o is not None]

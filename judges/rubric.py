@@ -587,7 +587,10 @@ def _bad_constant(name):
     raise _BadConstant(name)
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
+# strict=False: raw control characters inside strings are accepted. xgrammar's JSON grammar lets a
+# model emit them (a weak model does, in free-text fields such as a rationale); they change no
+# score, and rejecting them would turn a schema-valid verdict into a parse error.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_bad_constant, strict=False)
 _REFUSAL_RE = re.compile(
     r"(?i)^\W*(i['\u2019]?m sorry|i am sorry|sorry\b|i (?:cannot|can['\u2019]?t|can not|am unable|"
     r"['\u2019]m unable|won['\u2019]?t|will not)\b|as an ai\b|unfortunately,? i\b)")

@@ -22,6 +22,11 @@ def stage_kinds() -> dict[str, type[Stage]]:
     from stages.charts import ChartLanguageStage, ChartRenderStage, ChartRephraseStage, ChartSpecStage
     from stages.video_ingest import VideoIngestStage
     from stages.video_shard import VideoShardStage
+    from stages.instruction_ingest import InstructionIngestStage
+    from stages.instruction_validate import InstructionValidateStage, VerdictGateStage
+    from stages.category import CategoryBalanceStage, CategoryPhraseStage
+    from stages.cot import CotCleanStage, CotGenerateStage, CotRouteStage, DifficultyStage
+    from stages.instruction_shard import InstructionShardStage
 
     kinds = [IngestStage, DecodeStage, FilterStage, ClipScoreStage, ClipFilterStage, JudgeStage, ShardStage,
              ExactDedupStage, MinHashDedupStage]
@@ -30,6 +35,9 @@ def stage_kinds() -> dict[str, type[Stage]]:
     kinds += [SourceResampleStage, NgramResampleStage, LengthResampleStage]
     kinds += [ChartSpecStage, ChartRenderStage, ChartRephraseStage, ChartLanguageStage]
     kinds += [VideoIngestStage, VideoShardStage]
+    kinds += [InstructionIngestStage, InstructionValidateStage, VerdictGateStage, CategoryPhraseStage,
+              CategoryBalanceStage, CotCleanStage, CotGenerateStage, DifficultyStage, CotRouteStage,
+              InstructionShardStage]
     return {k.kind: k for k in kinds}
 
 
