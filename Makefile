@@ -44,6 +44,7 @@ test-fast: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/pip install -q --upgrade-strategy only-if-needed -c constraints/cpu.txt -e ".[bench]" && $(BIN)/python bench/dedup.py
 
 clean:
 	rm -rf runs demo_data .pytest_cache
