@@ -90,13 +90,19 @@ def _code_version(stage_cls: type[Stage]) -> str:
     from pipeline import __version__
 
     h = hashlib.sha256(__version__.encode())
-    for obj in (stage_cls, Stage):
+    # The stage's own module and every project base class it inherits from (a shared
+    # generation base, the shard writer a video shard extends), in MRO order.
+    for obj in [c for c in stage_cls.__mro__ if c.__module__.startswith("stages.")]:
         try:
             h.update(Path(inspect.getsourcefile(obj)).read_bytes())
         except (TypeError, OSError):
             h.update(obj.__qualname__.encode())
-    for package in stage_cls.code_deps:
-        root = Path(importlib.import_module(package).__file__).parent
+    for dep in stage_cls.code_deps:
+        path = Path(importlib.import_module(dep).__file__)
+        if path.name != "__init__.py":  # a single module, e.g. "stages.video"
+            h.update(dep.encode() + b"\0" + path.read_bytes())
+            continue
+        root = path.parent
         for f in sorted(root.rglob("*")):
             if f.suffix in (".py", ".yaml", ".json") and "__pycache__" not in f.parts:
                 h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())

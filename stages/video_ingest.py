@@ -70,7 +70,7 @@ class VideoIngestParams(Params):
 class VideoIngestStage(Stage):
     kind = "video_ingest"
     mode = "source"
-    code_deps = ("dedup",)  # the fingerprint and frame-index rules
+    code_deps = ("dedup", "stages.video")  # the fingerprint and frame-index rules, the decoder
     Params = VideoIngestParams
     description = ("Read video QA (JSON/JSONL annotations + video folder, or WebDataset tars): one row per QA pair; "
                    "each video probed and decoded once (decord, crash-isolated), N frames sampled, pHash fingerprint.")
