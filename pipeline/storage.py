@@ -117,6 +117,27 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+class TooLarge(ValueError):
+    """A file over the reader's byte cap; ``size`` says how big it is."""
+
+    def __init__(self, size: int):
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+def read_file_capped(uri: str, max_bytes: int) -> bytes:
+    """A whole file, refusing to read more than ``max_bytes`` (hostile inputs): FileNotFoundError
+    when it is not a file, TooLarge when it is bigger; other I/O failures raise OSError."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(uri)
+    if info.size > max_bytes:
+        raise TooLarge(info.size)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
 def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
 

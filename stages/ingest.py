@@ -306,14 +306,11 @@ class IngestStage(Stage):
     def _read_image_file(self, base_dir: str, rel: str) -> tuple[bytes | None, str | None]:
         path = rel if ("://" in rel or os.path.isabs(rel) or not base_dir) else storage.join(base_dir, rel)
         try:
-            fs, p = storage.resolve(path)
-            info = fs.get_file_info(p)
-            if info.type.name != "File":
-                return None, f"missing_image: {rel}"
-            if info.size > self.params.max_member_bytes:
-                return None, f"bad_member: image file of {info.size} bytes exceeds max_member_bytes"
-            with fs.open_input_stream(p) as f:
-                return f.read(), None
+            return storage.read_file_capped(path, self.params.max_member_bytes), None
+        except FileNotFoundError:
+            return None, f"missing_image: {rel}"
+        except storage.TooLarge as e:
+            return None, f"bad_member: image file of {e.size} bytes exceeds max_member_bytes"
         except OSError as e:
             return None, f"missing_image: {rel}: {e}"
 

@@ -217,14 +217,11 @@ class InstructionIngestStage(Stage):
             return None, f"{src[:120]}: remote URLs are not fetched; download the images and use paths"
         path = src if ("://" in src or os.path.isabs(src)) else storage.join(base_dir, src)
         try:
-            fs, p = storage.resolve(path)
-            info = fs.get_file_info(p)
-            if info.type.name != "File":
-                return None, f"{src} not found"
-            if info.size > self.params.max_image_bytes:
-                return None, f"{src} has {info.size} bytes > max_image_bytes"
-            with fs.open_input_stream(p) as f:
-                return f.read(), None
+            return storage.read_file_capped(path, self.params.max_image_bytes), None
+        except FileNotFoundError:
+            return None, f"{src} not found"
+        except storage.TooLarge as e:
+            return None, f"{src} has {e.size} bytes > max_image_bytes"
         except OSError as e:
             return None, f"{src}: {e}"
 
