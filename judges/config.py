@@ -27,6 +27,8 @@ class EngineConfig(Params):
     max_concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(60, gt=0)
     max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles per attempt, with jitter")
+    max_backoff_s: float = Field(30, ge=0, description="cap on one retry delay (and on a server's Retry-After)")
     # transformers
     device: str = "auto"
     trust_remote_code: bool = False
@@ -48,7 +50,8 @@ def make_engine(cfg: EngineConfig, seed: int = 0):
         if not cfg.base_url:
             raise ValueError("engine kind 'openai' needs 'base_url'")
         return OpenAIEngine(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
-                            max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries)
+                            max_concurrency=cfg.max_concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+                            backoff_s=cfg.backoff_s, max_backoff_s=cfg.max_backoff_s)
     from judges.engines.hf_engine import HFEngine
 
     return HFEngine(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
