@@ -657,6 +657,24 @@ def run_ours(parquet: Path, work: Path, name: str, chunk: int, overrides: list[s
     return res
 
 
+def signature_speed(docs: list[Doc], fig: dict, reps: int, with_dt: bool) -> None:
+    """Signatures per second on one core: ours against datasketch (and DataTrove), printed."""
+    texts = [d.text for d in docs]
+    equal = check_equal_to_datasketch(texts)
+    speed = throughput(texts, reps=reps, with_datatrove=with_dt)
+    n_shingles = sum(len(shingles(t, NGRAM)) for t in texts)
+    fig["shingles"] = n_shingles
+    print(f"== signatures/s on one core ({len(texts)} docs, {n_shingles} shingles, {NUM_PERM} perms, text in; "
+          f"ours == datasketch on every doc: {equal}; {load()}) ==")
+    print(f"{'':40}{'per CPU s':>12}{'vs loop':>9}{'per wall s':>12}")
+    loop = speed["datasketch MinHash.update loop"][0]
+    for name, (cpu_rate, wall_rate) in speed.items():
+        print(f"{name:40}{cpu_rate:>12,.0f}{cpu_rate / loop:>8.1f}x{wall_rate:>12,.0f}")
+    fig["signatures_per_cpu_s_one_core"] = {k: round(v[0], 1) for k, v in speed.items()}
+    fig["signatures_per_wall_s_one_core"] = {k: round(v[1], 1) for k, v in speed.items()}
+    fig["ours_equals_datasketch"] = equal
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller corpus (800 paragraphs), --scale 3, one DataTrove config")
@@ -666,6 +684,7 @@ def main() -> int:
     ap.add_argument("--no-datatrove", action="store_true", help="skip DataTrove (if it is not installed)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work dir and print its path")
+    ap.add_argument("--signatures-only", action="store_true", help="only the one-core signature speed section")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -713,6 +732,10 @@ def main() -> int:
         print("definitions: recall = true pairs (J>=0.8) not both kept / true pairs; precision = dropped docs "
               "with a J>=0.8 partner in the corpus / dropped; prec(kept) = ... with that partner kept")
         print()
+        if args.signatures_only:
+            with_dt = not args.no_datatrove and importlib.util.find_spec("datatrove") is not None
+            signature_speed(docs, fig, reps=1 if args.quick else 2, with_dt=with_dt)
+            return 0
 
         # Quality at 1x: our stage through the runner (as shipped, and with verification), datasketch, DataTrove.
         pq_1x = work / "docs_1x.parquet"
@@ -765,20 +788,7 @@ def main() -> int:
         print()
 
         # Throughput, one core.
-        texts = [d.text for d in docs]
-        equal = check_equal_to_datasketch(texts)
-        speed = throughput(texts, reps=1 if args.quick else 2, with_datatrove=with_dt)
-        n_shingles = sum(len(shingles(t, NGRAM)) for t in texts)
-        fig["shingles"] = n_shingles
-        print(f"== signatures/s on one core ({len(texts)} docs, {n_shingles} shingles, {NUM_PERM} perms, text in; "
-              f"ours == datasketch on every doc: {equal}; {load()}) ==")
-        print(f"{'':40}{'per CPU s':>12}{'vs loop':>9}{'per wall s':>12}")
-        loop = speed["datasketch MinHash.update loop"][0]
-        for name, (cpu_rate, wall_rate) in speed.items():
-            print(f"{name:40}{cpu_rate:>12,.0f}{cpu_rate / loop:>8.1f}x{wall_rate:>12,.0f}")
-        fig["signatures_per_cpu_s_one_core"] = {k: round(v[0], 1) for k, v in speed.items()}
-        fig["signatures_per_wall_s_one_core"] = {k: round(v[1], 1) for k, v in speed.items()}
-        fig["ours_equals_datasketch"] = equal
+        signature_speed(docs, fig, reps=1 if args.quick else 2, with_dt=with_dt)
         for label, res in dt_runs:
             st = res["step_seconds"]["signatures"]
             print(f"   {label} signature step via its executor (2 tasks, read + sign + write + sort): "

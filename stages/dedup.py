@@ -162,25 +162,26 @@ class MinHashDedupParams(Params):
 _SHINGLES = "_dedup_shingles"
 
 
-def _shingle_hash_lists(texts: list[str], ngram: int, unit: str, repeat: int) -> pa.Array:
-    """Each document's distinct shingle hashes (uint32, sorted), repeated once per band row."""
-    from dedup.minhash import hash_shingles, shingles
-
-    sets = [np.unique(hash_shingles(shingles(t, ngram, unit))) for t in texts]
-    lens = np.repeat(np.array([len(s) for s in sets], dtype=np.int64), repeat)
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-    values = np.concatenate([s for s in sets for _ in range(repeat)]) if sets else np.array([], np.uint32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.uint32()))
+def _shingle_hash_lists(values: np.ndarray, offsets: np.ndarray, repeat: int) -> pa.Array:
+    """Each document's distinct shingle hashes (``distinct_per_doc``), repeated once per band row."""
+    lens = np.diff(offsets)
+    seg_lens = np.repeat(lens, repeat)
+    out_offsets = np.zeros(len(seg_lens) + 1, dtype=np.int64)
+    np.cumsum(seg_lens, out=out_offsets[1:])
+    # position j of output segment k reads values[offsets[doc(k)] + j]
+    take = np.repeat(np.repeat(offsets[:-1], repeat) - out_offsets[:-1], seg_lens) + np.arange(out_offsets[-1])
+    return pa.ListArray.from_arrays(pa.array(out_offsets.astype(np.int32), pa.int32()), pa.array(values[take], pa.uint32()))
 
 
 def _band_rows(table: pa.Table, column: str, num_perm: int, seed: int, ngram: int, unit: str,
                bands: int, rows: int, prefer: str | None, verify: bool = False) -> pa.Table:
-    from dedup.minhash import band_hashes, has_shingles, signatures
+    from dedup.minhash import band_hashes, distinct_per_doc, has_shingles, shingle_hashes, signatures_from_hashes
 
     texts = table.column(column).to_pylist()
     ok = has_shingles(texts) & np.array([s == KEPT for s in table.column("status").to_pylist()], dtype=bool)
     idx = np.flatnonzero(ok)
-    sigs = signatures([texts[i] for i in idx], num_perm=num_perm, seed=seed, ngram=ngram, unit=unit)
+    hashes, doc_index, n_docs = shingle_hashes([texts[i] for i in idx], ngram, unit)
+    sigs = signatures_from_hashes(hashes, doc_index, n_docs, num_perm, seed)
     bh = band_hashes(sigs, bands, rows)  # (n, bands)
     ids = np.array(table.column("sample_id").to_pylist(), dtype=object)[idx]
     prefs = _prefer_values(table, prefer).to_numpy(zero_copy_only=False)[idx]
@@ -191,7 +192,7 @@ def _band_rows(table: pa.Table, column: str, num_perm: int, seed: int, ngram: in
         _PREF: pa.array(np.repeat(prefs, bands), pa.float64()),
     }
     if verify:
-        cols[_SHINGLES] = _shingle_hash_lists([texts[i] for i in idx], ngram, unit, bands)
+        cols[_SHINGLES] = _shingle_hash_lists(*distinct_per_doc(hashes, doc_index, n_docs), bands)
     return pa.table(cols)
 
 

@@ -40,7 +40,10 @@ def _paragraphs() -> list[str]:
 
 
 TEXTS = ["The quick brown fox jumps over the lazy dog and runs away into the woods",
-         "", "   ", None, "two words", "Exactly five words here now", "ÜNICODE   text with\ttabs\nand  newlines é ü ß 漢字 ok"]
+         "", "   ", None, "two words", "Exactly five words here now", "ÜNICODE   text with\ttabs\nand  newlines é ü ß 漢字 ok",
+         # Unicode whitespace that normalisation collapses (NBSP, file separator, line separator,
+         # ideographic space), 4-byte UTF-8, and a one-character document.
+         "no\u00a0break\x1cfile\u2028line\u3000ideo  space", "😀 emoji 😀 text here now 😀", "x"]
 
 
 @pytest.mark.parametrize("num_perm,seed", [(128, 1), (64, 42), (256, 7), (16, 0)])
@@ -58,6 +61,13 @@ def test_legacy_scheme_equals_datasketch_legacy():
     sigs = signatures(texts, num_perm=32, seed=3, scheme="legacy")
     for i, t in enumerate(texts):
         np.testing.assert_array_equal(sigs[i], _reference(t, 32, 3, scheme="legacy"))
+
+
+def test_batches_of_only_empty_or_one_document():
+    assert (signatures(["", None, "  "], 8) == np.uint32(0xFFFFFFFF)).all()
+    assert signatures([], 8).shape == (0, 8)
+    for t in TEXTS:  # alone in a batch == datasketch, whatever the batch around it
+        np.testing.assert_array_equal(signatures([t], 16, seed=5, ngram=3)[0], _reference(t, 16, 5, 3))
 
 
 def test_short_and_empty_documents():
