@@ -12,9 +12,11 @@ The baseline, in the same run
     ``configs/demo.yaml`` on the same input (ingest -> decode -> filter -> shard: the same I/O,
     no models, no dedup, no global stages), so the difference is what the curation stages cost.
 
+For every model stage it also prints its actors' setup time, busy time and the share of
+their time after setup spent waiting for input (pipeline/actor_timing.py): is the model fed?
 On a GPU the model stages' own figures (clip and judge against bare model calls, real-size
-random-weight models) come from ``bench/judges.py``; BENCHMARKS.md has them. Timings are printed,
-never asserted.
+random-weight models, through the runner with the same waiting share) come from
+``bench/judges.py``; BENCHMARKS.md has them. Timings are printed, never asserted.
 
     python bench/caption2.py [--repeat N] [--keep]
 """
@@ -64,6 +66,18 @@ def _table(record: dict, total: float) -> None:
         print(f"  {seg:<18} {','.join(stages)[:44]:<44} {rows:>8} {secs:>8.1f} {secs / total:>6.1%}")
 
 
+def _actor_table(record: dict) -> None:
+    """Model stages: how long their actors took to set up, and how much of the time after setup
+    they computed vs waited for input (run.json ``stages.<name>.actors``)."""
+    rows = [(n, record["stages"][n]["actors"]) for n in record["order"] if record["stages"][n].get("actors")]
+    if not rows:
+        return
+    print(f"\n  {'model stage':<14} {'actors':>6} {'rows':>6} {'setup s':>8} {'busy s':>8} {'span s':>8} {'waiting':>8}")
+    for name, a in rows:
+        print(f"  {name:<14} {a['actors']:>6} {a['rows']:>6} {a['setup_s_max']:>8.1f} {a['busy_s']:>8.1f} "
+              f"{a['span_s']:>8.1f} {a['waiting_share']:>8.0%}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="copies of the 20-row demo corpus")
@@ -95,6 +109,7 @@ def main() -> int:
                            for s in stages))
         print(f"\nsegments with a model: {model:.1f} s ({model / cap_s:.0%}); "
               f"caption2 / baseline: {cap_s / base_s:.1f}x the wall time of plain ingest-decode-shard")
+        _actor_table(cap)
     finally:
         if args.keep:
             print(f"\nkept: {work}")

@@ -211,8 +211,21 @@ stages:
     t0 = time.perf_counter()
     record = run_pipeline(load_config(cfg), RunOptions(run_dir=str(workdir / f"run_{label}"), log=lambda m: None))
     seconds = time.perf_counter() - t0
-    counts = record["stages"][list(record["stages"])[-1]]["counts"]
-    return {"rows_s": n / seconds, "seconds": seconds, "kept": counts["kept"], "error": counts["error"]}
+    last = record["stages"][list(record["stages"])[-1]]
+    counts = last["counts"]
+    # the stage's actors: setup (model load), busy inside the stage, and the share of their time
+    # after setup spent waiting for input (is the GPU fed?); pipeline/actor_timing.py
+    return {"rows_s": n / seconds, "seconds": seconds, "kept": counts["kept"], "error": counts["error"],
+            "actors": last.get("actors")}
+
+
+def _actors_line(r: dict) -> str:
+    a = r.get("actors") or {}
+    if not a:
+        return ""
+    return (f"\n      its actors: {a['actors']} | setup {a['setup_s_max']:.1f} s | busy {a['busy_s']:.1f} s of "
+            f"{a['span_s']:.1f} s after setup | waiting for input {a['waiting_share']:.0%} "
+            f"(first batch after {a['first_batch_wait_s_max']:.1f} s)")
 
 
 def main() -> None:
@@ -256,7 +269,7 @@ def main() -> None:
         if c["runner"]:
             r = c["runner"]
             print(f"      ingest + clip_score through the runner: {r['rows_s']:9.1f} img/s | runner/bare "
-                  f"{r['rows_s'] / c['bare_img_s']:.2f}")
+                  f"{r['rows_s'] / c['bare_img_s']:.2f}{_actors_line(r)}")
         for label, v in c["stage"].items():
             print(f"      clip_score stage from JPEG, {label:>16}: {v['img_s']:9.1f} img/s | stage/bare {v['stage_over_bare']:.2f}")
         if not args.skip_judge:
@@ -274,7 +287,8 @@ def main() -> None:
                   f"({j['mean_prompt_tokens']} prompt tokens/request)")
             if j["runner"]:
                 print(f"      ingest + judge through the runner: {j['runner']['rows_s']:9.2f} samples/s | runner/bare "
-                      f"{j['runner']['rows_s'] / j['bare_samples_s']:.2f} (includes loading the model in the actor)")
+                      f"{j['runner']['rows_s'] / j['bare_samples_s']:.2f} (includes loading the model in the actor)"
+                      f"{_actors_line(j['runner'])}")
     print(json.dumps(out))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pandas as pd
 import pyarrow as pa
@@ -82,12 +83,19 @@ class StageCall:
     its reason. The rest of the batch goes on.
     """
 
-    def __init__(self, kind: str, params: dict, name: str, context: StageContext, columns: dict):
+    def __init__(self, kind: str, params: dict, name: str, context: StageContext, columns: dict,
+                 timing_dir: str | None = None):
         self.stage = build_stage(kind, params, name, context)
         self.columns = columns  # declared outputs: name -> arrow type
         self._ready = False
+        self._timing = None
         if self.stage.stateful:
+            t0 = time.monotonic()
             self._setup()
+            if timing_dir:
+                from pipeline.actor_timing import ActorTiming
+
+                self._timing = ActorTiming(timing_dir, name, time.monotonic() - t0)
 
     def _setup(self) -> None:
         if not self._ready:
@@ -113,6 +121,13 @@ class StageCall:
         return out
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        started = time.monotonic()
+        out = self._call(batch)
+        if self._timing is not None:
+            self._timing.batch(started, time.monotonic(), int((batch["status"] == KEPT).sum()))
+        return out
+
+    def _call(self, batch: pd.DataFrame) -> pa.Table:
         self._setup()
         batch = batch.reset_index(drop=True)
         for col in self.columns:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from manifests.writer import write_segment_manifests, write_sink_manifest
-from pipeline import storage
+from pipeline import actor_timing, storage
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
@@ -146,6 +146,7 @@ class Runner:
                 counts = self._run_map(seg, ckpt, force=seg.name in forced)
             seconds = time.time() - started
             stats = (ckpt.completion() or {}).get("stats") or {}
+            actors = (ckpt.completion() or {}).get("actors") or {}
             for node in seg.nodes:
                 c = counts[node.name]
                 self.record["stages"][node.name].update(
@@ -153,6 +154,8 @@ class Runner:
                 )
                 if node.name in stats:
                     self.record["stages"][node.name]["stats"] = stats[node.name]
+                if node.name in actors:  # timing of model stages: busy vs waiting (never compared)
+                    self.record["stages"][node.name]["actors"] = actors[node.name]
                 self.options.log(
                     f"{node.name}: {c['in']} in, {c[KEPT]} kept, {c[DROPPED]} dropped, {c[ERROR]} error "
                     f"({seconds:.1f} s for segment {seg.name})"
@@ -274,7 +277,7 @@ class Runner:
                 ds = _read_kept(self._upstream_files(seg, set(pending)))
                 rest = seg.nodes
             for node in rest:
-                ds = self._apply_stage(ds, node)
+                ds = self._apply_stage(ds, node, storage.join(ckpt.root, "actors"))
             self._write(ds, seg, schema)
         return self._finish(seg, ckpt, chunk_ids, expected if not is_source else None)
 
@@ -311,12 +314,14 @@ class Runner:
             "chunks": {c: {"rows": expected[c], "kept": chunk_kept.get(c, 0)} for c in chunk_ids},
             "counts": stage_counts,
             "stats": stats or {},
+            "actors": actor_timing.summarize(storage.join(ckpt.root, "actors")),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return stage_counts
 
-    def _apply_stage(self, ds, node):
-        """Stateful stages (models) get an actor pool; stateless ones run as tasks Ray Data can fuse."""
+    def _apply_stage(self, ds, node, timing_dir: str | None = None):
+        """Stateful stages (models) get an actor pool; stateless ones run as tasks Ray Data can fuse.
+        Actors record how busy they were under ``timing_dir`` (pipeline/actor_timing.py)."""
         import ray.data as rd
 
         res = node.spec.resources
@@ -329,7 +334,7 @@ class Runner:
             slots = _gpu_slots(res.num_gpus) if res.num_gpus else _cpu_slots(res.num_cpus)
             size = res.concurrency or slots
             compute = rd.ActorPoolStrategy(min_size=size if res.concurrency else 1, max_size=size)
-            return ds.map_batches(StageCall, fn_constructor_args=args, compute=compute, **common)
+            return ds.map_batches(StageCall, fn_constructor_args=args + (timing_dir,), compute=compute, **common)
         return ds.map_batches(run_stage_batch, fn_args=args, **common)
 
     # -- global segments ------------------------------------------------------
