@@ -66,6 +66,8 @@ class ExactDedupParams(Params):
                                description="key columns (e.g. [text], [image_hash], [image_hash, text])")
     normalize_text: bool = Field(True, description="lowercase and collapse whitespace in string keys")
     prefer: str | None = Field(None, description="numeric column: keep the highest in a group (ties: smallest sample_id)")
+    partitions: int | None = Field(None, ge=1, description="shuffle partitions per groupby (None: Ray Data's "
+                                   "default, 200); size by bytes at scale, see docs/scaling.md")
 
 
 def _exact_keys(table: pa.Table, columns: list[str], normalize_text: bool, prefer: str | None) -> pa.Table:
@@ -132,7 +134,7 @@ class ExactDedupStage(Stage):
         bs = self.default_resources.batch_size
         keyed = ds.map_batches(_exact_keys, fn_args=(list(p.columns), p.normalize_text, p.prefer),
                                batch_format="pyarrow", batch_size=bs)
-        out = keyed.groupby(_KEY).map_groups(_exact_group, fn_args=(self.name,), batch_format="pyarrow")
+        out = keyed.groupby(_KEY, num_partitions=p.partitions).map_groups(_exact_group, fn_args=(self.name,), batch_format="pyarrow")
         log(f"{self.name}: grouping rows by a hash of {p.columns}" + (f", preferring the highest {p.prefer}" if p.prefer else ""))
         return out.map_batches(_drop_helpers, fn_args=((_KEY, _PREF),), batch_format="pyarrow", batch_size=None)
 
@@ -147,6 +149,8 @@ class MinHashDedupParams(Params):
     seed: int = Field(1, ge=0, description="MinHash permutation seed (datasketch's)")
     prefer: str | None = Field(None, description="numeric column: the component keeps its highest (ties: smallest sample_id)")
     max_rounds: int = Field(64, ge=1, description="label-propagation rounds before giving up")
+    partitions: int | None = Field(None, ge=1, description="shuffle partitions per groupby (None: Ray Data's "
+                                   "default, 200); size by bytes at scale, see docs/scaling.md")
     verify: bool = Field(False, description="keep a candidate pair only if the exact Jaccard of its shingle sets "
                                             ">= threshold (band rows then carry each document's shingle hashes)")
     candidate_threshold: float | None = Field(None, gt=0, lt=1, description="Jaccard the LSH banding targets "
@@ -270,7 +274,7 @@ class MinHashDedupStage(Stage):
         band_rows = ds.map_batches(_band_rows, fn_args=(p.column, p.num_perm, p.seed, p.ngram, p.unit, bands, rows, p.prefer,
                                                         p.verify),
                                    batch_format="pyarrow", batch_size=self.default_resources.batch_size)
-        edges = band_rows.groupby(["band", "bhash"]).map_groups(
+        edges = band_rows.groupby(["band", "bhash"], num_partitions=p.partitions).map_groups(
             _bucket_edges, fn_args=(p.threshold if p.verify else None,), batch_format="pyarrow")
-        out, self.run_stats = resolve_clusters(ds, edges, self.name, p.max_rounds, log)
+        out, self.run_stats = resolve_clusters(ds, edges, self.name, p.max_rounds, log, p.partitions)
         return out

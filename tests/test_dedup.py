@@ -180,9 +180,10 @@ def test_exact_and_near_duplicates_end_to_end(dedup_run, corpus):
         assert set(frag.loc[frag["status"] == "dropped", "_decided_at"]) == {"minhash_dedup"}
 
 
-def test_same_kept_set_with_other_chunking(ray_local, dedup_run, corpus, tmp_path):
+def test_same_kept_set_with_other_chunking_and_partitions(ray_local, dedup_run, corpus, tmp_path):
     run_dir = tmp_path / "run"
-    run_config(CONFIG, run_dir, inputs=[str(corpus["path"])], overrides=["ingest.chunk_rows=37"])
+    run_config(CONFIG, run_dir, inputs=[str(corpus["path"])],
+               overrides=["ingest.chunk_rows=37", "exact_dedup.partitions=3", "minhash_dedup.partitions=5"])
     assert_conservation(run_dir)
     for stage in ("exact_dedup", "minhash_dedup"):
         a, b = manifest(dedup_run, stage), manifest(run_dir, stage)
