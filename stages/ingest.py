@@ -11,7 +11,13 @@ Formats (detected from what is at the path unless the source names one):
 
 Bad input never stops the run: a truncated tar, a missing image, a line that
 is not JSON, a caption that is not UTF-8 each become an ``error`` row with the
-reason, and the rest of the unit goes on.
+reason, and the rest of the unit goes on. Hostile input too (``tests/fuzz``):
+nothing is ever extracted; a tar member that is a link, device, FIFO or folder,
+has an absolute or ``..`` name, repeats within a sample or exceeds
+``max_member_bytes`` makes its sample an error row (local tars are read in
+place, so a member of many GiB costs nothing); JSON nested deeper than
+``MAX_JSON_DEPTH`` is ``bad_json``; text Arrow cannot store (lone surrogates)
+is ``bad_text``; a Parquet file that cannot be read is one error row.
 """
 from __future__ import annotations
 
@@ -49,6 +55,28 @@ def sample_id_for(source: str, key: str, image: bytes | None, text: str | None) 
     for part in (source.encode(), key.encode("utf-8", "surrogateescape"), image or b"", (text or "").encode("utf-8", "surrogateescape")):
         h.update(hashlib.blake2b(part, digest_size=16).digest())
     return h.hexdigest()
+
+
+MAX_JSON_DEPTH = 200
+
+
+def json_loads_bounded(text: str) -> Any:
+    """``json.loads`` that refuses documents nested deeper than MAX_JSON_DEPTH with a ValueError.
+    Where ``json.loads`` itself gives up (RecursionError) depends on the caller's stack depth, and
+    a record nested just under that limit would fail later, when it is serialised again deeper
+    in the stack; a fixed depth limit makes ``[[[[...`` bombs the same bad_json everywhere."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    stack = [(obj, 1)] if isinstance(obj, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return obj
 
 
 def detect_format(path: str) -> str:
@@ -125,7 +153,12 @@ class IngestStage(Stage):
             units = []
             for f in files:
                 fs, p = storage.resolve(f)
-                meta = pq.ParquetFile(p, filesystem=fs).metadata
+                try:
+                    meta = pq.ParquetFile(p, filesystem=fs).metadata
+                except (pa.ArrowException, OSError) as e:  # not Parquet, or cut short: one error row
+                    units.append({**base, "path": f, "row_groups": [], "rows": 1, "label": os.path.basename(f),
+                                  "broken": f"corrupt_parquet: {os.path.basename(f)}: {type(e).__name__}: {e}"})
+                    continue
                 group, rows = [], 0
                 for rg in range(meta.num_row_groups):
                     group.append(rg)
@@ -184,9 +217,14 @@ class IngestStage(Stage):
 
         try:
             fs, p = storage.resolve(unit["path"])
-            with fs.open_input_stream(p) as raw:
-                data = raw.read()
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+            if storage.is_local(unit["path"]):
+                # Read in place: headers and the wanted members only, so a tar holding a member of
+                # many GiB (over max_member_bytes) never costs its size in memory.
+                fileobj = open(p, "rb")
+            else:  # object stores: one request for the tar, not two per member
+                with fs.open_input_stream(p) as raw:
+                    fileobj = io.BytesIO(raw.read())
+            with fileobj, tarfile.open(fileobj=fileobj, mode="r:*") as tf:
                 for m in tf:
                     name = m.name
                     base = name.rsplit("/", 1)[-1]
@@ -197,8 +235,15 @@ class IngestStage(Stage):
                     if key != current_key or not pending:
                         flush()
                         current_key, members, pending = key, {}, True
+                    unsafe = unsafe_member_name(name)
+                    if unsafe:
+                        members.setdefault("_errors", []).append(f"{ext}: {unsafe}")
+                        continue
+                    if ext in members:
+                        members.setdefault("_errors", []).append(f"{ext}: duplicate member {name}")
+                        continue
                     if not m.isfile():
-                        members.setdefault("_errors", []).append(f"{ext}: not a regular file ({_tar_type(m)})")
+                        members.setdefault("_errors", []).append(f"{ext}: not a regular file ({tar_member_type(m)})")
                         continue
                     if m.size > self.params.max_member_bytes:
                         members.setdefault("_errors", []).append(f"{ext}: member of {m.size} bytes exceeds max_member_bytes")
@@ -227,7 +272,7 @@ class IngestStage(Stage):
         status, reason = KEPT, None
         if "json" in members:
             try:
-                meta = json.loads(members["json"].decode("utf-8"))
+                meta = json_loads_bounded(members["json"].decode("utf-8"))
                 if not isinstance(meta, dict):
                     meta = {"json": meta}
             except (UnicodeDecodeError, ValueError) as e:
@@ -258,6 +303,8 @@ class IngestStage(Stage):
         return self._row(unit, source_key, text, image, image_name, meta, status, reason)
 
     def _read_parquet(self, unit) -> list[dict]:
+        if unit.get("broken"):
+            return [self._row(unit, unit["label"], None, None, None, None, ERROR, unit["broken"])]
         fs, p = storage.resolve(unit["path"])
         pf = pq.ParquetFile(p, filesystem=fs)
         names = pf.schema_arrow.names
@@ -270,12 +317,15 @@ class IngestStage(Stage):
                 raise ValueError(f"{unit['path']}: source field {label}={configured!r} is not a column; columns: {names}")
         if not unit["row_groups"]:
             return []
-        table = pf.read_row_groups(unit["row_groups"])
         first_row = sum(pf.metadata.row_group(i).num_rows for i in range(unit["row_groups"][0]))
+        try:
+            data = pf.read_row_groups(unit["row_groups"]).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:  # damaged pages: the unit is one error row
+            return [self._row(unit, unit["label"], None, None, None, {"row_groups": unit["row_groups"]}, ERROR,
+                              f"corrupt_parquet: {os.path.basename(unit['path'])}: {type(e).__name__}: {e}")]
         base_dir = os.path.dirname(unit["path"])
         rows = []
         other = [c for c in names if c not in (tcol, icol, kcol)]
-        data = table.to_pylist()
         for i, rec in enumerate(data):
             key = str(rec[kcol]) if kcol and rec.get(kcol) is not None else f"{os.path.basename(unit['path'])}:{first_row + i}"
             status, reason = KEPT, None
@@ -308,11 +358,15 @@ class IngestStage(Stage):
         try:
             return storage.read_file_capped(path, self.params.max_member_bytes), None
         except FileNotFoundError:
+            if storage.is_local(path) and os.path.lexists(path):  # a FIFO, a device, a folder: never opened
+                return None, f"missing_image: {rel} is not a regular file"
             return None, f"missing_image: {rel}"
         except storage.TooLarge as e:
             return None, f"bad_member: image file of {e.size} bytes exceeds max_member_bytes"
         except OSError as e:
             return None, f"missing_image: {rel}: {e}"
+        except ValueError as e:  # a NUL byte or an unencodable character in the path
+            return None, f"missing_image: {rel!r} is not a usable path ({type(e).__name__})"
 
     def _read_jsonl(self, unit) -> list[dict]:
         fs, p = storage.resolve(unit["path"])
@@ -332,7 +386,7 @@ class IngestStage(Stage):
                 rows.append(self._row(unit, fallback_key, None, None, None, None, ERROR, f"bad_text: line {lineno} is not valid UTF-8"))
                 continue
             try:
-                rec = json.loads(line)
+                rec = json_loads_bounded(line)
                 if not isinstance(rec, dict):
                     raise ValueError("line is not a JSON object")
             except ValueError as e:
@@ -358,22 +412,54 @@ class IngestStage(Stage):
         return rows
 
 
-def _tar_type(m: tarfile.TarInfo) -> str:
+def tar_member_type(m: tarfile.TarInfo) -> str:
     if m.issym():
         return "symlink"
     if m.islnk():
         return "hard link"
     if m.isdir():
         return "directory"
+    if m.isfifo():
+        return "fifo"
     if m.isdev():
         return "device"
     return "special"
+
+
+def unsafe_member_name(name: str) -> str | None:
+    """Why a tar member name could write outside a folder it were extracted to (an absolute
+    path, a '..' component), else None. Nothing is ever extracted; such a member is still an
+    error row, since its name cannot be trusted as a sample key."""
+    if name.startswith("/"):
+        return f"unsafe member name {name!r} (absolute path)"
+    if ".." in name.replace("\\", "/").split("/"):
+        return f"unsafe member name {name!r} ('..' component)"
+    return None
+
+
+def scrub_unicode(row: dict, columns: tuple[str, ...]) -> None:
+    """Strings Arrow cannot store -- lone surrogates, from a JSON '\\ud800' escape or a tar name
+    that is not UTF-8 -- are rewritten with backslash escapes, and a kept row becomes an error
+    naming the columns (without this the whole unit's Arrow conversion would fail)."""
+    bad = []
+    for c in columns:
+        value = row.get(c)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                row[c] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+                bad.append(c)
+    if bad and row.get("status") == KEPT:
+        row["status"] = ERROR
+        row["reason"] = f"bad_text: {', '.join(bad)} not valid Unicode (a lone surrogate, e.g. a JSON \\ud800 escape or a non-UTF-8 name)"
 
 
 def _finalize(rows: list[dict], source: str) -> pd.DataFrame:
     """Assign sample ids; a repeated id (same key and content twice) is dropped as a duplicate."""
     seen: set[str] = set()
     for r in rows:
+        scrub_unicode(r, ("source_key", "text", "image_name", "meta", "reason"))
         sid = sample_id_for(source, r["source_key"] or "", r["image"], r["text"])
         if sid in seen:
             # KEY#2, KEY#3, ...: the first suffix whose id no earlier row holds (a row's own

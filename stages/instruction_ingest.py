@@ -34,7 +34,7 @@ from instructions.normalize import NormalizeError, normalize_record
 from instructions.schema import IMAGES_TYPE
 from pipeline import storage
 from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage
-from stages.ingest import sample_id_for
+from stages.ingest import json_loads_bounded, sample_id_for, scrub_unicode
 
 _EXTS = (".jsonl", ".json", ".parquet")
 COLUMNS = ["sample_id", "source", "source_key", "status", "reason", "text", "messages", "images", "image_names",
@@ -106,7 +106,12 @@ class InstructionIngestStage(Stage):
                                   "label": f"{os.path.basename(f)}[{lo}]"})
             else:
                 fs, p = storage.resolve(f)
-                meta = pq.ParquetFile(p, filesystem=fs).metadata
+                try:
+                    meta = pq.ParquetFile(p, filesystem=fs).metadata
+                except (pa.ArrowException, OSError) as e:  # not Parquet, or cut short: one error row
+                    units.append({**base, "kind": "parquet", "row_groups": [], "rows": 1, "first": 0,
+                                  "label": os.path.basename(f), "broken": f"{type(e).__name__}: {e}"})
+                    continue
                 group, rows, first = [], 0, 0
                 for rg in range(meta.num_row_groups):
                     group.append(rg)
@@ -152,7 +157,7 @@ class InstructionIngestStage(Stage):
                 if not raw.strip():
                     continue
                 try:
-                    rec = json.loads(raw.decode("utf-8"))
+                    rec = json_loads_bounded(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     yield key, None, f"bad_text: line {unit['first'] + n} is not valid UTF-8"
                     continue
@@ -167,13 +172,20 @@ class InstructionIngestStage(Stage):
             for i, rec in enumerate(_json_array(unit["path"])[unit["lo"]:unit["hi"]]):
                 yield f"{name}[{unit['lo'] + i}]", rec, None
         else:
+            if unit.get("broken"):
+                yield name, None, f"corrupt_parquet: {name}: {unit['broken']}"
+                return
             fs, p = storage.resolve(unit["path"])
-            table = pq.ParquetFile(p, filesystem=fs).read_row_groups(unit["row_groups"])
-            for i, rec in enumerate(table.to_pylist()):
+            try:
+                records = pq.ParquetFile(p, filesystem=fs).read_row_groups(unit["row_groups"]).to_pylist()
+            except (pa.ArrowException, OSError, ValueError) as e:  # damaged pages: the unit is one error row
+                yield f"{name}#rg{unit['row_groups'][0]}", None, f"corrupt_parquet: {name}: {type(e).__name__}: {e}"
+                return
+            for i, rec in enumerate(records):
                 for k, v in list(rec.items()):
                     if isinstance(v, str) and k in ("conversations", "messages", "texts") and v[:1] in "[{":
                         try:
-                            rec[k] = json.loads(v)
+                            rec[k] = json_loads_bounded(v)
                         except ValueError:
                             pass
                 yield f"{name}#{unit['first'] + i}", rec, None
@@ -207,23 +219,32 @@ class InstructionIngestStage(Stage):
 
     def _load_image(self, src, base_dir: str) -> tuple[bytes | None, str | None]:
         if isinstance(src, bytes):
+            if len(src) > self.params.max_image_bytes:
+                return None, f"inline image of {len(src)} bytes > max_image_bytes"
             return (src, None) if src else (None, "empty image bytes")
         if src.startswith("data:"):
             try:
-                return base64.b64decode(src.split(",", 1)[1], validate=False), None
+                data = base64.b64decode(src.split(",", 1)[1], validate=False)
             except (IndexError, ValueError) as e:
                 return None, f"bad data URL ({e})"
+            if len(data) > self.params.max_image_bytes:
+                return None, f"data URL image of {len(data)} bytes > max_image_bytes"
+            return data, None
         if src.startswith(("http://", "https://")):
             return None, f"{src[:120]}: remote URLs are not fetched; download the images and use paths"
         path = src if ("://" in src or os.path.isabs(src)) else storage.join(base_dir, src)
         try:
             return storage.read_file_capped(path, self.params.max_image_bytes), None
         except FileNotFoundError:
+            if storage.is_local(path) and os.path.lexists(path):  # a FIFO, a device, a folder: never opened
+                return None, f"{src} is not a regular file"
             return None, f"{src} not found"
         except storage.TooLarge as e:
             return None, f"{src} has {e.size} bytes > max_image_bytes"
         except OSError as e:
             return None, f"{src}: {e}"
+        except ValueError as e:  # a NUL byte or an unencodable character in the path
+            return None, f"{src!r} is not a usable path ({type(e).__name__})"
 
 
 def _data_files(folder: str) -> list[str]:
@@ -244,7 +265,7 @@ def _data_files(folder: str) -> list[str]:
 
 def _json_array(path: str) -> list:
     try:
-        data = json.loads(storage.read_bytes(path).decode("utf-8"))
+        data = json_loads_bounded(storage.read_bytes(path).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{os.path.basename(path)} is not a JSON array ({e})") from None
     if not isinstance(data, list):
@@ -261,6 +282,7 @@ def _finalize(rows: list[dict[str, Any]], source: str) -> pd.DataFrame:
     """Stable ids (source, key, image digests, conversation); a repeated id is a duplicate."""
     seen: set[str] = set()
     for r in rows:
+        scrub_unicode(r, ("source_key", "reason", "text", "messages", "image_names", "question", "answer", "meta"))
         ident = r.get("messages") or r.get("text") or ""
         sid = sample_id_for(source, r["source_key"] or "", r.pop("_id_image", b""), ident)
         if sid in seen:

@@ -211,7 +211,11 @@ def _decode(ref: VideoRef, p: VideoDecodeParams) -> dict[str, Any]:
         fps = float(vr.get_avg_fps() or 0.0)
         seekable, duration = _frame_index_state(vr, n)
         if not 0 < duration < 1e7:  # no usable timestamps: fall back to the nominal rate
-            duration = n / fps if fps > 0 else 0.0
+            if not 0 < fps < 1e6:  # a zero, negative or NaN rate (a zero frame duration or time scale)
+                out.update(frame_count=n, fps=fps if fps == fps else None)
+                return {**out, "status": ERROR, "reason": f"video_bad_timing: no usable frame timestamps and a "
+                                                          f"frame rate of {fps:g}"}
+            duration = n / fps
         out.update(frame_count=n, fps=fps, duration_s=duration, frame_access="seek" if seekable else "sequential")
         if n <= 1:
             return {**out, "status": ERROR, "reason": f"video_not_video: {n} frame(s), a still image rather than a video"}

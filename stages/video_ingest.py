@@ -37,7 +37,7 @@ from pydantic import Field
 
 from pipeline import storage
 from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, is_media_type
-from stages.ingest import sample_id_for
+from stages.ingest import json_loads_bounded, sample_id_for, scrub_unicode, tar_member_type, unsafe_member_name
 from stages.video import VIDEO_EXTS, IsolatedDecoder, VideoDecodeParams, VideoRef, sniff_not_video
 
 VIDEO_FIELDS = ("video", "video_path", "video_file", "video_name", "video_id", "vid", "clip", "path", "file")
@@ -63,6 +63,7 @@ class VideoIngestParams(Params):
     options_field: str | None = Field(None, description="None: options, candidates, choices, or NextQA's a0..a4")
     key_field: str | None = Field(None, description="None: qid, question_id, id, key")
     max_video_bytes: int = Field(8 << 30, ge=1, description="larger video files are error rows")
+    max_json_bytes: int = Field(64 << 20, ge=1, description="larger .json members of a tar are error rows (never read)")
     decode: VideoDecodeParams = Field(default_factory=VideoDecodeParams, description="probe, checks and frame sampling")
     limit: int | None = Field(None, ge=1, description="read at most this many QA rows (smoke runs); None reads all")
 
@@ -168,7 +169,13 @@ class VideoIngestStage(Stage):
                 except ValueError as e:
                     invalid.setdefault(path, []).append({"key": fallback, "reason": str(e)})
                     continue
-                resolved = _resolve_video(video_dir, video)
+                try:
+                    resolved = _resolve_video(video_dir, video)
+                except ValueError as e:  # a NUL byte or an unencodable character in the name
+                    invalid.setdefault(path, []).append(
+                        {"key": fallback, "reason": f"bad_video_path: record {where} names {video!r}, not a usable path "
+                                                    f"({type(e).__name__})"})
+                    continue
                 g = videos.setdefault(resolved, {"video": video, "path": resolved, "qas": []})
                 for qa in qas:
                     qa["key"] = f"{video}#{qa.pop('local_key')}"
@@ -313,36 +320,52 @@ class VideoIngestStage(Stage):
             with fs.open_input_file(p) as raw, tarfile.open(fileobj=raw, mode="r:") as tf:
                 for m in tf:
                     base = m.name.rsplit("/", 1)[-1]
-                    if "." not in base or not m.isfile():
+                    if "." not in base:
                         continue
                     key = m.name[: len(m.name) - len(base)] + base.split(".", 1)[0]
                     ext = base.split(".", 1)[1].lower()
                     if key not in samples:
                         samples[key] = {}
                         order.append(key)
-                    if ext in VIDEO_EXTS:
-                        samples[key]["video"] = (m.name, m.offset_data, m.size)
-                    elif ext == "json":
+                    s = samples[key]
+                    kind = "video" if ext in VIDEO_EXTS else ext
+                    problem = unsafe_member_name(m.name)
+                    if problem is None and not m.isfile():
+                        problem = f"not a regular file ({tar_member_type(m)})"
+                    if problem is None and kind in s:
+                        problem = f"duplicate member {m.name}"
+                    if problem is None and kind == "json" and m.size > self.params.max_json_bytes:
+                        problem = f"member of {m.size} bytes exceeds max_json_bytes"
+                    if problem is not None:
+                        s.setdefault("errors", []).append(f"{ext}: {problem}")
+                    elif kind == "video":
+                        s["video"] = (m.name, m.offset_data, m.size)
+                    elif kind == "json":
                         f = tf.extractfile(m)
-                        samples[key]["json"] = f.read() if f is not None else b""
+                        s["json"] = f.read() if f is not None else b""
         except (tarfile.TarError, OSError, EOFError) as e:
             rows.append(self._row(unit, f"{unit['label']}#unreadable", {}, {"tar": unit["label"]}, ERROR,
                                   f"corrupt_tar: {type(e).__name__}: {e}"))
         for key in order:
             s = samples[key]
+            bad = "bad_member: " + "; ".join(s["errors"]) if s.get("errors") else None
             try:
-                rec = json.loads(s["json"].decode("utf-8")) if "json" in s else None
+                rec = json_loads_bounded(s["json"].decode("utf-8")) if "json" in s else None
+            except (UnicodeDecodeError, ValueError) as e:
+                rows.append(self._row(unit, key, {}, None, ERROR, bad or f"bad_json: {type(e).__name__}: {e}"))
+                continue
+            try:
                 if rec is None:
                     raise ValueError(f"missing_qa: tar sample {key} has no .json")
                 _, qas = self._qa_items(rec, "qa", video=key)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                rows.append(self._row(unit, key, {}, None, ERROR, f"bad_json: {type(e).__name__}: {e}"))
-                continue
             except ValueError as e:
-                rows.append(self._row(unit, key, {}, None, ERROR, str(e)))
+                rows.append(self._row(unit, key, {}, None, ERROR, bad or str(e)))
                 continue
             for qa in qas:
                 qa["key"] = f"{key}#{qa.pop('local_key')}"
+            if bad:
+                groups.append({"video_key": key, "ref": VideoRef(path), "video_name": None, "qas": qas, "error": bad})
+                continue
             if "video" not in s:
                 groups.append({"video_key": key, "ref": VideoRef(path), "video_name": None, "qas": qas,
                                "error": "missing_video: no video member (" + ", ".join(sorted(s)) + ")"})
@@ -363,7 +386,9 @@ def keyed_fingerprint(fingerprint: list[int], question: str, answer: str) -> lis
     never the other questions of one video, which all share its plain fingerprint."""
     from dedup.minhash import normalize
 
-    digest = hashlib.blake2b(normalize(f"{question}\n{answer}").encode("utf-8"), digest_size=8).digest()
+    # surrogatepass: a lone surrogate in the QA text (a JSON "\ud800" escape) must not raise here;
+    # such a row becomes an error when the unit is finalised (stages.ingest.scrub_unicode)
+    digest = hashlib.blake2b(normalize(f"{question}\n{answer}").encode("utf-8", "surrogatepass"), digest_size=8).digest()
     key = int.from_bytes(digest, "little", signed=True)
     return [int(h) ^ key for h in fingerprint]
 
@@ -394,12 +419,12 @@ def _records(path: str) -> Iterator[tuple[Any, Any, str | None]]:
             if not raw.strip():
                 continue
             try:
-                yield f"line{n}", json.loads(raw.decode("utf-8")), None
+                yield f"line{n}", json_loads_bounded(raw.decode("utf-8")), None
             except (UnicodeDecodeError, ValueError) as e:
                 yield f"line{n}", None, f"bad_json: line {n}: {type(e).__name__}: {e}"
         return
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json_loads_bounded(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         yield "file", None, f"bad_json: {os.path.basename(path)}: {type(e).__name__}: {e}"
         return
@@ -555,7 +580,9 @@ def _limit(groups: list[dict], rows: list[dict], max_rows: int) -> tuple[list[di
 def _finalize(rows: list[dict], source: str, columns: dict[str, pa.DataType]) -> pd.DataFrame:
     """Stable ids from (source, key, video hash, QA text); a repeated id is a dropped duplicate."""
     seen: set[str] = set()
+    text_columns = ("source_key", "reason") + tuple(c for c, t in columns.items() if pa.types.is_string(t))
     for r in rows:
+        scrub_unicode(r, text_columns)
         content = bytes.fromhex(r["video_hash"]) if r.get("video_hash") else None
         sid = sample_id_for(source, r["source_key"] or "", content, r["text"])
         if sid in seen:
