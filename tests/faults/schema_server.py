@@ -42,6 +42,7 @@ class FaultPlan:
     hang_once: float = 0.0
     fail_once: float = 0.0
     hang_s: float = 30.0  # how long a hanging first attempt sleeps (released early at stop())
+    delay_s: float = 0.0  # every attempt waits this long before answering (a slow model: a kill window)
 
     def outcome(self, key: str) -> str:
         u = int(key[:12], 16) / float(16 ** 12)
@@ -103,6 +104,11 @@ def instance(schema: dict[str, Any], rng: random.Random, words: list[str]) -> An
     return None
 
 
+def garbage_answer(key: str) -> str:
+    """What a ``garbage`` key gets: HTTP 200 whose message content is not JSON."""
+    return "not json {{{ " + key[:8]
+
+
 def answer_for(body: dict[str, Any], key: str) -> str:
     rng = random.Random(key)
     words = prompt_words(body)
@@ -131,11 +137,19 @@ class SchemaServer:
             def log_message(self, *args):
                 pass
 
+            def handle(self):
+                try:
+                    super().handle()
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # the client process died between requests (e.g. a killed worker)
+
             def do_POST(self):
                 try:
                     length = int(self.headers.get("Content-Length", "0"))
                     body = json.loads(self.rfile.read(length) or b"{}")
                     key = request_key(body)
+                    if server.plan.delay_s:
+                        server.release.wait(server.plan.delay_s)
                     outcome = server.plan.outcome(key)
                     with server.lock:
                         server.attempts[key] += 1
@@ -149,7 +163,7 @@ class SchemaServer:
                         server._count("hang")
                         server.release.wait(server.plan.hang_s)
                         return self._send(504, {"error": {"message": "hung"}})
-                    text = "not json {{{ " + key[:8] if outcome == "garbage" else answer_for(body, key)
+                    text = garbage_answer(key) if outcome == "garbage" else answer_for(body, key)
                     server._count("garbage" if outcome == "garbage" else "ok")
                     self._send(200, {
                         "id": "cmpl-" + key[:8], "object": "chat.completion", "model": body.get("model", "m"),
