@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -227,11 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sailcurate: config error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
-        print(f"sailcurate: {e}", file=sys.stderr)
+        print(f"sailcurate: {_remote_cause(e)}", file=sys.stderr)
         return 2
-    except OSError as e:  # storage: unreachable endpoint, missing bucket, permission denied
+    except OSError as e:  # storage: unreachable endpoint, missing bucket, permission denied, disk full
+        e = _remote_cause(e)
         print(f"sailcurate: storage error: {e}", file=sys.stderr)
+        if getattr(e, "errno", None) == errno.ENOSPC:
+            print("sailcurate: the disk is full; free space and rerun the same command: committed work is kept",
+                  file=sys.stderr)
         return 2
+
+
+def _remote_cause(e: BaseException) -> BaseException:
+    """The error a Ray task raised, without the worker traceback Ray wraps around it."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
 
 
 if __name__ == "__main__":

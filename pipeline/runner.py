@@ -140,10 +140,16 @@ class Runner:
                 self._note_skipped(seg, ckpt)
                 continue
             started = time.time()
-            if seg.mode == "global":
-                counts = self._run_global(seg, ckpt, force=seg.name in forced)
-            else:
-                counts = self._run_map(seg, ckpt, force=seg.name in forced)
+            try:
+                if seg.mode == "global":
+                    counts = self._run_global(seg, ckpt, force=seg.name in forced)
+                else:
+                    counts = self._run_map(seg, ckpt, force=seg.name in forced)
+            except Exception as e:  # a full disk: say which file, not a worker traceback
+                write_error = storage.write_error_in(e)
+                if write_error is None:
+                    raise
+                raise write_error from None
             seconds = time.time() - started
             stats = (ckpt.completion() or {}).get("stats") or {}
             actors = (ckpt.completion() or {}).get("actors") or {}

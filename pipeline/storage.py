@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -92,6 +93,42 @@ def remove(uri: str) -> None:
         fs.delete_file(path)
 
 
+class WriteError(OSError):
+    """A failed local write (disk full, read-only, no permission) naming the file, which pyarrow's
+    message does not: ``[Errno 28] No space left on device: '/run/shards/x-000001.tar'``.
+    Rebuilt from (errno, path) alone when pickled, so it reaches the driver from a Ray task intact
+    (Ray Data appends its retry advice to an exception's args, which would become the filename)."""
+
+    def __init__(self, code: int, path: str):
+        super().__init__(code, os.strerror(code), path)
+
+    def __reduce__(self):
+        return type(self), (self.errno, self.filename)
+
+
+_WRITE_ERROR_LINE = re.compile(r"^pipeline\.storage\.WriteError: \[Errno (\d+)\] [^\n]*?: (['\"])(.*)\2$", re.M)
+
+
+def write_error_in(e: BaseException) -> WriteError | None:
+    """The WriteError behind a failed Ray task or Ray Data step, if one is. Ray Data passes a
+    step's exception to the driver only as worker traceback text (its UserCodeException drops
+    the cause), so the last WriteError line is read back from it."""
+    for err in (getattr(e, "cause", None), e):  # Ray's RayTaskError(WriteError) itself has no errno
+        if isinstance(err, WriteError) and err.errno:
+            return WriteError(err.errno, err.filename)
+    found = list(_WRITE_ERROR_LINE.finditer(str(e)))
+    return WriteError(int(found[-1][1]), found[-1][3]) if found else None
+
+
+def _raise_write_error(e: OSError, path: str, tmp: str | None) -> NoReturn:
+    """Drop the temporary, then raise the error as a WriteError naming the file."""
+    if tmp and os.path.exists(tmp):
+        os.remove(tmp)
+    if e.errno and not isinstance(e, WriteError):
+        raise WriteError(e.errno, path) from e
+    raise e
+
+
 def _tmp_name(path: str) -> str:
     head, tail = path.rsplit("/", 1)
     return f"{head}/.{tail}.{uuid.uuid4().hex[:8]}.tmp"
@@ -103,8 +140,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = _tmp_name(path)
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+        except OSError as e:
+            _raise_write_error(e, path, tmp)
         os.replace(tmp, path)
     else:
         with fs.open_output_stream(path) as f:
@@ -152,7 +192,10 @@ def write_parquet(uri: str, table: pa.Table) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = _tmp_name(path)
-        pq.write_table(table, tmp, filesystem=fs)
+        try:
+            pq.write_table(table, tmp, filesystem=fs)
+        except OSError as e:
+            _raise_write_error(e, path, tmp)
         os.replace(tmp, path)
     else:
         pq.write_table(table, path, filesystem=fs)
@@ -176,10 +219,17 @@ class _AtomicOutput:
         return self.stream
 
     def __exit__(self, exc_type, exc, tb):
-        self.stream.close()
-        if exc_type is not None:
+        try:
+            self.stream.close()
+        except OSError as e:
+            exc = exc or e  # the last flush failed (disk full)
+        if exc is not None:
+            if self.local and isinstance(exc, OSError):
+                _raise_write_error(exc, self.path, self.tmp)
             if self.local and os.path.exists(self.tmp):
                 os.remove(self.tmp)
+            if exc_type is None:
+                raise exc
             return False
         if self.local:
             os.replace(self.tmp, self.path)

@@ -217,7 +217,17 @@ class ShardStage(Stage):
         finished, last = 0, time.time()
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready)
+            try:
+                ray.get(ready)
+            except Exception:
+                # Let the other writers finish or fail (removing their temporaries) before reporting
+                # the first error: none is cut off mid-write when the driver exits.
+                for ref in pending:
+                    try:
+                        ray.get(ref)
+                    except Exception:
+                        pass
+                raise
             finished += 1
             if time.time() - last > 5 or not pending:
                 log(f"{self.name}: {finished} shards written, {len(pending)} to go")
