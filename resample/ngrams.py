@@ -119,7 +119,9 @@ def partial_stats(table: pa.Table, top_k: int, report: int = 0, wanted: Sequence
     ok = tf > 0
     tf, h, df = tf[ok], h[ok], df[ok]
     c = tf.astype(np.float64)
-    order = np.argsort(-tf, kind="stable")
+    # Ties broken by hash, as most_frequent does: the block's top candidates (and so the overall
+    # most frequent list) must not depend on where a row sits in its block.
+    order = np.lexsort((h, -tf))
     rep = order[:report]
     hit = np.isin(h, np.array(list(wanted), dtype=np.uint64)) if len(wanted) else np.zeros(len(h), bool)
     lst = pa.list_(pa.int64())

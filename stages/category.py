@@ -171,7 +171,9 @@ class _Embed:
     def embed(self, phrases: list[str | None]) -> list[np.ndarray | None]:
         todo = sorted({p for p in phrases if p is not None and p not in self.cache})
         if todo:
-            vecs = self.model.encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
+            # One phrase per forward pass: padded together, a phrase's vector moves in the last bits
+            # (~2e-7) with the phrases beside it, and a bucket at a near-tie with it.
+            vecs = self.model.encode(todo, batch_size=1, normalize_embeddings=True,
                                      convert_to_numpy=True, show_progress_bar=False)
             if len(self.cache) > 200_000:
                 self.cache.clear()
@@ -183,7 +185,9 @@ class _Embed:
         vecs = self.embed(phrases)
         if self.centroids is None:     # the fit sample: return the vectors
             keep = [i for i, v in enumerate(vecs) if v is not None]
-            return pa.table({"phrase": pa.array([phrases[i] for i in keep], pa.string()),
+            ids = table.column("sample_id").to_pylist()
+            return pa.table({"sample_id": pa.array([ids[i] for i in keep], pa.string()),
+                             "phrase": pa.array([phrases[i] for i in keep], pa.string()),
                              "vec": pa.array([vecs[i].tolist() for i in keep], pa.list_(pa.float32()))})
         buckets = [int(np.argmin(((self.centroids - v) ** 2).sum(axis=1))) if v is not None else -1 for v in vecs]
         col = pa.array(buckets, pa.int32())
@@ -232,6 +236,20 @@ def _apply_cap(table: pa.Table, cuts: dict[int, int], sizes: dict[int, int], cap
     return mark_arrow(table, hit, reasons, stage).drop_columns(["_bal_key"])
 
 
+def fit_buckets(sample: pd.DataFrame, k: int, seed: int) -> tuple[np.ndarray, dict[int, list[str]]]:
+    """k-means (at most one bucket per distinct phrase) on the fit sample's ``vec``: the centroids and
+    each bucket's most common phrases. The sample is put in sample_id order first: its rows arrive in
+    the order their blocks finish, and the seeded start (so the bucket numbers) depends on the order."""
+    from sklearn.cluster import KMeans
+
+    sample = sample.sort_values("sample_id", kind="stable").reset_index(drop=True)
+    vecs = np.stack(sample["vec"].map(lambda v: np.asarray(v, dtype=np.float32)).to_list())
+    km = KMeans(n_clusters=min(k, sample["phrase"].nunique()), n_init=3, random_state=seed).fit(vecs)
+    top = {int(b): [ph for ph, _ in Counter(sample["phrase"][km.labels_ == b]).most_common(3)]
+           for b in range(km.n_clusters)}
+    return km.cluster_centers_.astype(np.float32), top
+
+
 def water_fill_cap(sizes: list[int], target: int) -> int:
     """The smallest cap c with sum(min(size, c)) >= target (all rows when the target exceeds them)."""
     if not sizes:
@@ -260,7 +278,6 @@ class CategoryBalanceStage(Stage):
 
     def transform(self, ds, seed: int, log: Callable[[str], None]):
         import ray.data as rd
-        from sklearn.cluster import KMeans
 
         p = self.params
         seed = p.seed if p.seed is not None else seed
@@ -285,12 +302,9 @@ class CategoryBalanceStage(Stage):
                   .to_pandas())
         if len(sample) == 0:
             raise RuntimeError(f"{self.name}: no row of the fit sample has a {p.column!r} phrase; run category_phrase first")
-        vecs = np.stack(sample["vec"].map(lambda v: np.asarray(v, dtype=np.float32)).to_list())
         distinct = len(set(sample["phrase"]))
-        k_eff = min(k, distinct)
-        km = KMeans(n_clusters=k_eff, n_init=3, random_state=seed).fit(vecs)
-        centroids = km.cluster_centers_.astype(np.float32)
-        top = {int(b): [ph for ph, _ in Counter(sample["phrase"][km.labels_ == b]).most_common(3)] for b in range(k_eff)}
+        centroids, top = fit_buckets(sample, k, seed)
+        k_eff = len(centroids)
         log(f"{self.name}: k-means with {k_eff} buckets fit on {len(sample)} phrases ({distinct} distinct)")
 
         # 2. assign every row in batches
@@ -330,4 +344,4 @@ def _add_empty_bucket(table: pa.Table) -> pa.Table:
     return table.append_column("bucket", pa.nulls(table.num_rows, pa.int32()))
 
 
-__all__ = ["CategoryPhraseStage", "CategoryBalanceStage", "water_fill_cap", "load_embedder"]
+__all__ = ["CategoryPhraseStage", "CategoryBalanceStage", "fit_buckets", "water_fill_cap", "load_embedder"]

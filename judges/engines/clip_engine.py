@@ -144,12 +144,16 @@ class ClipEngine:
                     caps.append(texts[start + k] or "")
             if not idx:
                 continue
+            # Every forward pass has exactly batch_size rows (padded with copies of the first): matrix
+            # kernels choose their blocking by shape, so a row's score would otherwise move in the last
+            # bits with the size of the batch it came in, and with it a percentile cut over the dataset.
+            pad = self.batch_size - len(tensors)
             with torch.no_grad(), torch.autocast(self._device, enabled=self._device == "cuda"):
-                img = self.model.encode_image(torch.stack(tensors).to(self._device, non_blocking=True))
-                txt = self.model.encode_text(self.tokenizer(caps).to(self._device))
+                img = self.model.encode_image(torch.stack(tensors + [tensors[0]] * pad).to(self._device, non_blocking=True))
+                txt = self.model.encode_text(self.tokenizer(caps + [caps[0]] * pad).to(self._device))
                 img = img / img.norm(dim=-1, keepdim=True)
                 txt = txt / txt.norm(dim=-1, keepdim=True)
-                sims[idx] = (img * txt).sum(-1).float().cpu().numpy()
+                sims[idx] = (img * txt).sum(-1).float().cpu().numpy()[:len(idx)]
         return ClipOutput(similarity=sims, errors=errors)
 
     def close(self) -> None:
