@@ -128,6 +128,7 @@ class SchemaServer:
         self.attempts: Counter[str] = Counter()
         self.outcomes: dict[str, str] = {}
         self.served: Counter[str] = Counter()  # what was sent back: ok, 503, 500, garbage, hang
+        self.bodies: Counter[str] = Counter()  # every request received, by a hash of its whole body
         self.release = threading.Event()
         server = self
 
@@ -148,6 +149,9 @@ class SchemaServer:
                     length = int(self.headers.get("Content-Length", "0"))
                     body = json.loads(self.rfile.read(length) or b"{}")
                     key = request_key(body)
+                    whole = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+                    with server.lock:
+                        server.bodies[whole] += 1
                     if server.plan.delay_s:
                         server.release.wait(server.plan.delay_s)
                     outcome = server.plan.outcome(key)

@@ -9,13 +9,15 @@ Each shipped pipeline runs twice in-process on the same small inputs:
   map tasks at half a CPU (twice as many at once), actor pools of exactly 3 actors (at a quarter
   CPU each: a pool holding every CPU would starve the source reads and never finish), Ray Data
   blocks capped at 8 KiB (``DataContext.target_max_block_size``: about one image or a few
-  documents per block), 3 shuffle partitions where a stage takes ``partitions``, and 2 engine
-  client threads instead of 4.
+  documents per block), 3 shuffle partitions where a stage takes ``partitions``, category_balance
+  embedding 2 rows a call in 2 actors (not 256 in 1), and 2 engine client threads instead of 4.
 
 Then the two run directories must hold the same files, byte for byte, outside ``checkpoints/`` and
 ``manifests/`` (shards, shard indexes, shard lists, instruction exports with their images), every
-manifest must hold the same rows (see ``manifest_table`` for why rows are compared sorted), and
-run.json must record the same counts, reasons and stage statistics (see ``RESULT_FIELDS``).
+manifest must hold the same rows (see ``manifest_table`` for why rows are compared sorted),
+run.json must record the same counts, reasons and stage statistics (see ``RESULT_FIELDS``), and
+the model server must have received the same requests (whole bodies: messages, answer schema,
+sampling parameters, seeds) the same number of times.
 
 Model stages talk to one ``SchemaServer`` (tests/faults/schema_server.py): it stands in for the
 model server, answering each request as a pure function of the request, so a difference in the
@@ -30,7 +32,7 @@ Configs that run the same stages with the same parameters on the same input shar
   stage with the same parameters and the same topics file;
 - ``demo_judge`` runs within ``caption2``: its seven stages (ingest, decode, clip_score,
   clip_filter, judge, filter, shard) have the same parameters there (bar ingest.chunk_rows, which
-  run B changes anyway) and read the same demo images.
+  run B changes anyway) and read the same demo images (plus two planted copies).
 """
 from __future__ import annotations
 
@@ -235,26 +237,33 @@ def reshape(config_yaml: Path) -> None:
             stage["resources"] = res
         if "partitions" in fields:
             stage["partitions"] = B_PARTITIONS
+        if "embed_batch_size" in fields:  # category_balance: its own pool of embedding actors
+            stage.update(embed_batch_size=B_BATCH, concurrency=2)
         if isinstance(stage.get("engine"), dict):
             stage["engine"]["max_concurrency"] = B_CLIENT_THREADS
     config_yaml.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
 
 
-def run_variant(config: str, case: Case, variant: str, tmp: Path, inputs: list[str], url: str) -> Path:
+def run_variant(config: str, case: Case, variant: str, tmp: Path, inputs: list[str], server: SchemaServer):
+    """Run one variant; returns its run directory and the requests it sent (hashes of whole bodies:
+    messages, answer schema, sampling parameters and seeds, model)."""
+    from collections import Counter
+
     from ray.data import DataContext
 
-    path = config_on_server(ROOT / "configs" / f"{config}.yaml", tmp / f"{variant}.yaml", url,
+    path = config_on_server(ROOT / "configs" / f"{config}.yaml", tmp / f"{variant}.yaml", server.url,
                             inputs=inputs, overrides=case.overrides, max_concurrency=A_CLIENT_THREADS)
     ctx = DataContext.get_current()  # what datasets created from now on copy
     saved = ctx.target_max_block_size
     if variant == "B":
         reshape(path)
         ctx.target_max_block_size = B_BLOCK_BYTES
+    before = Counter(server.bodies)
     try:
         run_config(path, tmp / variant)
     finally:
         ctx.target_max_block_size = saved
-    return tmp / variant
+    return tmp / variant, Counter(server.bodies) - before
 
 
 # -- what must be equal --------------------------------------------------------------------------
@@ -299,12 +308,15 @@ def record_differences(run_a: Path, run_b: Path) -> list[str]:
     return out
 
 
+@pytest.mark.filterwarnings("ignore:The minimum number of concurrent actors:UserWarning")  # run B's pools of 3
 @pytest.mark.parametrize("config", [pytest.param(c, marks=[SLOW] if c in SLOW_CASES else []) for c in CASES])
 def test_two_runs_with_other_blocks_and_workers_are_identical(config, ray_local, server, shared, tmp_path):
     case = CASES[config]
     inputs = case.inputs(tmp_path, shared)
-    run_a = run_variant(config, case, "A", tmp_path, inputs, server.url)
-    run_b = run_variant(config, case, "B", tmp_path, inputs, server.url)
+    run_a, sent_a = run_variant(config, case, "A", tmp_path, inputs, server)
+    run_b, sent_b = run_variant(config, case, "B", tmp_path, inputs, server)
+    # The model stages asked the same questions, with the same sampling and seeds, as often.
+    assert sent_a == sent_b, f"{config}: the runs sent different requests to the model server"
     assert_conservation(run_a)
     assert_conservation(run_b)
     record = json.loads((run_a / "run.json").read_text())
