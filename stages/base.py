@@ -159,6 +159,21 @@ def mark_arrow(table: pa.Table, hit: Any, reason: Any, stage: str) -> pa.Table:
     return table
 
 
+def limit_units(units: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first source units up to ``limit`` rows, each told (``max_rows``) how many it may still
+    read. A unit whose row count is unknown until read (``rows`` missing or None) takes the rest."""
+    if limit is None:
+        return units
+    out, left = [], limit
+    for u in units:
+        if left <= 0:
+            break
+        out.append({**u, "max_rows": left})
+        known = u.get("rows")
+        left -= known if known is not None else left
+    return out
+
+
 def is_media_type(t: pa.DataType) -> bool:
     """Bytes, or a list of bytes (video frames): kept out of manifests."""
     if pa.types.is_list(t) or pa.types.is_large_list(t):

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from pipeline import storage
-from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage
+from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, limit_units
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_NAMES = ("text", "caption", "txt", "TEXT", "Caption")
@@ -127,17 +127,7 @@ class IngestStage(Stage):
     # -- driver side: list the units -------------------------------------------
     def list_units(self, sources: dict) -> list[dict[str, Any]]:
         units = self._list_all_units(sources)
-        if self.params.limit is None:
-            return units
-        # Keep the first units up to the limit; each reads at most what is left of it.
-        out, left = [], self.params.limit
-        for u in units:
-            if left <= 0:
-                break
-            known = u.get("rows")
-            out.append({**u, "max_rows": left})
-            left -= known if known is not None else left
-        return out
+        return limit_units(units, self.params.limit)
 
     def _list_all_units(self, sources: dict) -> list[dict[str, Any]]:
         src = sources[self.params.source]

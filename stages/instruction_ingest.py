@@ -33,7 +33,7 @@ from pydantic import Field
 from instructions.normalize import NormalizeError, normalize_record
 from instructions.schema import IMAGES_TYPE
 from pipeline import storage
-from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage
+from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, limit_units
 from stages.ingest import json_loads_bounded, sample_id_for, scrub_unicode
 
 _EXTS = (".jsonl", ".json", ".parquet")
@@ -121,15 +121,7 @@ class InstructionIngestStage(Stage):
                                       "label": f"{os.path.basename(f)}#rg{group[0]}"})
                         first += rows
                         group, rows = [], 0
-        if self.params.limit is None:
-            return units
-        out, left = [], self.params.limit
-        for u in units:
-            if left <= 0:
-                break
-            out.append({**u, "max_rows": left})
-            left -= u["rows"]
-        return out
+        return limit_units(units, self.params.limit)
 
     # -- worker: read one unit -----------------------------------------------------------------
     def read_unit(self, unit: dict[str, Any]) -> pd.DataFrame:

@@ -36,7 +36,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import storage
-from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, is_media_type
+from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, is_media_type, limit_units
 from stages.ingest import json_loads_bounded, sample_id_for, scrub_unicode, tar_member_type, unsafe_member_name
 from stages.video import VIDEO_EXTS, IsolatedDecoder, VideoDecodeParams, VideoRef, sniff_not_video
 
@@ -114,16 +114,7 @@ class VideoIngestStage(Stage):
 
     # -- driver side: list the units ------------------------------------------------------------
     def list_units(self, sources: dict) -> list[dict[str, Any]]:
-        units = self._list_all_units(sources)
-        if self.params.limit is None:
-            return units
-        out, left = [], self.params.limit
-        for u in units:
-            if left <= 0:
-                break
-            out.append({**u, "max_rows": left})
-            left -= u["rows"] if u.get("rows") is not None else left
-        return out
+        return limit_units(self._list_all_units(sources), self.params.limit)
 
     def _list_all_units(self, sources: dict) -> list[dict[str, Any]]:
         if self.params.source not in sources:
