@@ -61,6 +61,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -275,17 +276,24 @@ class CorpusBuilder:
         raise RuntimeError("no re-encode stayed within the near-duplicate bound")
 
     # -- captions
-    def _english_caption(self, rng: random.Random, subject: str) -> str:
+    def _distinct_caption(self, make: Callable[[], str], language: str) -> str:
+        """A caption from ``make`` that is detected as ``language`` and under CAPTION_UNIQUE_MAX
+        shingle Jaccard of every caption so far (so caption dedup only sees the planted copies)."""
         for _ in range(200):
-            extra = rng.sample(_EXTRA, 2)
-            text = (f"{_a(rng.choice(_ADJ)).capitalize()} {rng.choice(_VIEW)} of {_a(rng.choice(_ADJ))} {subject} "
-                    f"{rng.choice(_ACTION)} {rng.choice(_PLACE)} in {rng.choice(_LIGHT)}, while "
-                    f"{extra[0]} and {extra[1]}; frame {rng.randint(100, 999)}.")
+            text = make()
             s = _shingle_set(text)
-            if detect_language(text) == "en" and all(_jaccard(s, o) < CAPTION_UNIQUE_MAX for o in self.caption_sets):
+            if detect_language(text) == language and all(_jaccard(s, o) < CAPTION_UNIQUE_MAX for o in self.caption_sets):
                 self.caption_sets.append(s)
                 return text
-        raise RuntimeError("could not find a distinct caption in 200 tries")
+        raise RuntimeError(f"could not find a distinct {language} caption in 200 tries")
+
+    def _english_caption(self, rng: random.Random, subject: str) -> str:
+        def make() -> str:
+            extra = rng.sample(_EXTRA, 2)
+            return (f"{_a(rng.choice(_ADJ)).capitalize()} {rng.choice(_VIEW)} of {_a(rng.choice(_ADJ))} {subject} "
+                    f"{rng.choice(_ACTION)} {rng.choice(_PLACE)} in {rng.choice(_LIGHT)}, while "
+                    f"{extra[0]} and {extra[1]}; frame {rng.randint(100, 999)}.")
+        return self._distinct_caption(make, "en")
 
     @staticmethod
     def _foreign_caption(rng: random.Random) -> str:
@@ -296,14 +304,9 @@ class CorpusBuilder:
         return text
 
     def _chinese_caption(self, rng: random.Random) -> str:
-        for _ in range(200):
-            text = (f"{rng.choice(_ZH_SUBJ)}{rng.choice(_ZH_PLACE)}，{rng.choice(_ZH_EXTRA)}，"
-                    f"{rng.choice(_ZH_EXTRA)}，编号{rng.randint(1000, 9999)}。")
-            s = _shingle_set(text)
-            if detect_language(text) == "zh" and all(_jaccard(s, o) < CAPTION_UNIQUE_MAX for o in self.caption_sets):
-                self.caption_sets.append(s)
-                return text
-        raise RuntimeError("could not find a distinct Chinese caption")
+        return self._distinct_caption(
+            lambda: (f"{rng.choice(_ZH_SUBJ)}{rng.choice(_ZH_PLACE)}，{rng.choice(_ZH_EXTRA)}，"
+                     f"{rng.choice(_ZH_EXTRA)}，编号{rng.randint(1000, 9999)}。"), "zh")
 
     @staticmethod
     def _caption_near_copy(text: str) -> str:
