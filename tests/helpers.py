@@ -33,3 +33,21 @@ def assert_conservation(run_dir) -> dict[str, dict[str, int]]:
         assert counts[stage]["in"] == counts[stage]["kept"] + counts[stage]["dropped"] + counts[stage]["error"]
         kept_ids[stage] = set(df.loc[df["status"] == "kept", "sample_id"])
     return counts
+
+
+def pydoc_paragraphs(min_words: int = 40) -> list[str]:
+    """Real prose nobody here wrote: the stdlib's pydoc topics, as whitespace-collapsed paragraphs
+    of at least ``min_words`` words, unique, in a fixed order."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for key in sorted(topics):
+        for p in re.split(r"\n\s*\n", topics[key]):
+            p = " ".join(p.split())
+            if len(p.split()) >= min_words and p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import re
 
 import datasketch
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 from conftest import ROOT, run_config
 from dedup.minhash import collision_probability, optimal_bands, print_curve, shingles, signatures
-from helpers import assert_conservation, manifest
+from helpers import assert_conservation, manifest, pydoc_paragraphs
 
 CONFIG = ROOT / "configs" / "dedup_text.yaml"
 
@@ -27,16 +26,7 @@ def _reference(text, num_perm, seed, ngram=5, unit="words", scheme=None):
 
 
 def _paragraphs() -> list[str]:
-    """Real prose nobody here wrote: the Python reference topics shipped with the stdlib."""
-    from pydoc_data.topics import topics
-
-    paras = []
-    for key in sorted(topics):
-        for p in re.split(r"\n\s*\n", topics[key]):
-            p = " ".join(p.split())
-            if len(p.split()) >= 40 and p not in paras:
-                paras.append(p)
-    return paras
+    return pydoc_paragraphs(40)
 
 
 TEXTS = ["The quick brown fox jumps over the lazy dog and runs away into the woods",

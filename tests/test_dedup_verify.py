@@ -3,13 +3,13 @@ Jaccard of the shingle sets decides them (bench/dedup.py measures recall and pre
 from __future__ import annotations
 
 import random
-import re
 
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from dedup.minhash import band_hashes, optimal_bands, shingles, signatures
+from helpers import pydoc_paragraphs
 from stages.dedup import MinHashDedupStage
 
 
@@ -19,16 +19,7 @@ def _jaccard(a: str, b: str) -> float:
 
 
 def _long_paragraphs() -> list[str]:
-    """Real prose nobody here wrote: the stdlib's pydoc topics."""
-    from pydoc_data.topics import topics
-
-    out = []
-    for key in sorted(topics):
-        for p in re.split(r"\n\s*\n", topics[key]):
-            p = " ".join(p.split())
-            if len(p.split()) >= 80 and p not in out:
-                out.append(p)
-    return out
+    return pydoc_paragraphs(80)
 
 
 def _edited(text: str, lo: float, hi: float, rng: random.Random) -> str:

@@ -193,16 +193,10 @@ def _with_copies(demo: Path, root: Path) -> Path:
 
 def _prose(root: Path) -> dict[str, Path]:
     import random
-    import re
 
-    from pydoc_data.topics import topics
+    from helpers import pydoc_paragraphs
 
-    paras: list[str] = []
-    for key in sorted(topics):
-        for p in re.split(r"\n\s*\n", topics[key]):
-            p = " ".join(p.split())
-            if len(p.split()) >= 40 and p not in paras:
-                paras.append(p)
+    paras = pydoc_paragraphs(40)
     base = paras[:40]
     rows = [(f"doc{i:03d}", t) for i, t in enumerate(base)]
     rows += [(f"exact{i}", "  " + base[i].upper() + " ") for i in range(0, 20, 5)]        # equal once normalised

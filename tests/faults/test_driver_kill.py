@@ -89,18 +89,11 @@ KILL_DEADLINE_S = 300
 # -- the pipelines ------------------------------------------------------------------------------
 def _docs(tmp: Path) -> list[str]:
     """Real prose (the Python reference topics shipped with the stdlib) with near copies planted."""
-    import re
-
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from pydoc_data.topics import topics
+    from helpers import pydoc_paragraphs
 
-    paras: list[str] = []
-    for key in sorted(topics):
-        for p in re.split(r"\n\s*\n", topics[key]):
-            p = " ".join(p.split())
-            if len(p.split()) >= 40 and p not in paras:
-                paras.append(p)
+    paras = pydoc_paragraphs(40)
     rows = [(f"doc{i:03d}", t) for i, t in enumerate(paras[:60])]
     rows += [(f"exact{i}", "  " + paras[i].upper() + " ") for i in range(0, 20, 5)]
     rows += [(f"near{i}", paras[i].replace(" the ", " a ", 2)) for i in range(1, 30, 5)]
