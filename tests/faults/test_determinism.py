@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,6 +49,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_config
+from faults import inputs
 from faults.endpoint import config_on_server
 from faults.schema_server import SchemaServer
 from helpers import assert_conservation
@@ -87,7 +87,7 @@ def _demo_with_copies(tmp: Path, shared: dict) -> list[str]:
 
 
 def _caption2(tmp: Path, shared: dict) -> list[str]:
-    return [f"images={shared['copies']}", f"topics={ROOT / 'data' / 'charts' / 'topics.jsonl'}"]
+    return [f"images={shared['copies']}", f"topics={inputs.TOPICS}"]
 
 
 def _docs(tmp: Path, shared: dict) -> list[str]:
@@ -99,26 +99,19 @@ def _two_sources(tmp: Path, shared: dict) -> list[str]:
 
 
 def _specs(tmp: Path, shared: dict) -> list[str]:
-    return [str(ROOT / "data" / "charts" / "specs.jsonl")]
+    return [str(inputs.SPECS)]
 
 
 def _video(tmp: Path, shared: dict) -> list[str]:
-    from pipeline.video_data import build_video_qa
-
-    return [str(build_video_qa(tmp / "video_qa", opencv=False))]
+    return inputs.video_qa(tmp)
 
 
 def _instructions(tmp: Path, shared: dict) -> list[str]:
-    from instruction_data import build_instruction_sources
-
-    sources, _ = build_instruction_sources(tmp / "instruction_sources")
-    return [f"{k}={v}" for k, v in sources.items()]
+    return inputs.instruction_sources(tmp)
 
 
 def _cot(tmp: Path, shared: dict) -> list[str]:
-    from instruction_data import build_cot_sources
-
-    return [f"{k}={v}" for k, v in build_cot_sources(tmp / "cot_sources").items()]
+    return inputs.cot_sources(tmp)
 
 
 # The server's answers reuse prompt words at random: few would pass the default lexical support.
@@ -142,12 +135,6 @@ CASES = {   # config name -> case; see the module docstring for the configs cove
 }
 COVERED_BY = {"demo": "demo_caption_qa", "charts": "caption2", "demo_judge": "caption2"}
 
-# The pipelines with a dozen or more segments: each run costs tens of seconds on 2 cores, so they
-# run with SAILCURATE_SLOW_FAULTS=1 (as tests/faults/test_driver_kill.py's slow cases). The causes
-# found in them are pinned by the fast tests at the end of this file.
-SLOW = pytest.mark.skipif(os.environ.get("SAILCURATE_SLOW_FAULTS") != "1",
-                          reason="minutes on 2 cores (a dozen segments per run); SAILCURATE_SLOW_FAULTS=1 runs it")
-SLOW_CASES = {"caption2", "instruction2", "cot"}
 
 
 def test_every_shipped_config_has_a_case():
@@ -164,50 +151,10 @@ def server():
 @pytest.fixture(scope="module")
 def shared(demo_input, tmp_path_factory) -> dict:
     """Inputs several pipelines read: the demo images, the same with copies planted, and a small
-    corpus of real prose (the Python reference topics, as in tests/test_dedup.py) with exact and
-    near copies planted, so the dedup stages have decisions to make."""
-    return {"demo": demo_input, "copies": _with_copies(demo_input, tmp_path_factory.mktemp("copies") / "data"),
-            "docs": _prose(tmp_path_factory.mktemp("docs"))}
-
-
-def _with_copies(demo: Path, root: Path) -> Path:
-    """The demo images plus a byte copy of one and a smaller re-encoded copy of another (as in
-    tests/judge_tests/test_caption2_pipeline.py), each with a caption of its own."""
-    import io
-    import shutil
-
-    from PIL import Image
-
-    shutil.copytree(demo, root)
-    shutil.copy(root / "images" / "astronaut.png", root / "images" / "astronaut_copy.png")
-    buf = io.BytesIO()
-    Image.open(root / "images" / "coffee.png").convert("RGB").resize((300, 200)).save(buf, "JPEG", quality=70)
-    (root / "images" / "coffee_small.jpg").write_bytes(buf.getvalue())
-    with (root / "captions.jsonl").open("a") as f:
-        f.write("\n" + json.dumps({"id": "astronaut_copy", "image": "images/astronaut_copy.png",
-                                   "caption": "The same portrait of an astronaut, copied byte for byte."}))
-        f.write("\n" + json.dumps({"id": "coffee_small", "image": "images/coffee_small.jpg",
-                                   "caption": "A smaller re-encoded picture of the cup of coffee on its saucer."}) + "\n")
-    return root
-
-
-def _prose(root: Path) -> dict[str, Path]:
-    import random
-
-    from helpers import pydoc_paragraphs
-
-    paras = pydoc_paragraphs(40)
-    base = paras[:40]
-    rows = [(f"doc{i:03d}", t) for i, t in enumerate(base)]
-    rows += [(f"exact{i}", "  " + base[i].upper() + " ") for i in range(0, 20, 5)]        # equal once normalised
-    rows += [(f"near{i}", base[i].replace(" the ", " a ", 2)) for i in range(1, 40, 7)]  # a word or two changed
-    random.Random(3).shuffle(rows)
-    out = {}
-    for name, part in (("all", rows), ("human", rows[::2]), ("synthetic", rows[1::2])):
-        out[name] = root / f"{name}.parquet"
-        pq.write_table(pa.table({"id": [r[0] for r in part], "text": [r[1] for r in part]}), out[name],
-                       row_group_size=16)
-    return out
+    corpus of real prose with exact and near copies planted (tests/faults/inputs.py)."""
+    return {"demo": demo_input,
+            "copies": inputs.demo_with_copies(demo_input, tmp_path_factory.mktemp("copies") / "data"),
+            "docs": inputs.prose(tmp_path_factory.mktemp("docs"))}
 
 
 # -- run A and run B -----------------------------------------------------------------------------
@@ -303,7 +250,7 @@ def record_differences(run_a: Path, run_b: Path) -> list[str]:
 
 
 @pytest.mark.filterwarnings("ignore:The minimum number of concurrent actors:UserWarning")  # run B's pools of 3
-@pytest.mark.parametrize("config", [pytest.param(c, marks=[SLOW] if c in SLOW_CASES else []) for c in CASES])
+@pytest.mark.parametrize("config", list(CASES))
 def test_two_runs_with_other_blocks_and_workers_are_identical(config, ray_local, server, shared, tmp_path):
     case = CASES[config]
     inputs = case.inputs(tmp_path, shared)

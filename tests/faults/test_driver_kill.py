@@ -29,6 +29,8 @@ segment hides the model time, so where there is a model the model stage is taken
 pipeline        killed stage          why
 ==============  ====================  =====================================================
 dedup_text      minhash_dedup         a global shuffle over every document; longest measured
+dedup_images    phash_dedup           LSH buckets and components over every image; longest measured
+resample_text   ngram                 counts every n-gram, then a distributed select; longest measured
 charts          chart_spec            the language model (rendering is milliseconds a chart)
 video           judge                 a VLM over 16 frames per QA pair
 instruction2    validate              the VLM validity + category pass over every sample
@@ -36,13 +38,12 @@ cot             difficulty            k=4 policy answers per question, plus veri
 caption2        judge                 VIR + ITA scores from a VLM for every image-caption pair
 ==============  ====================  =====================================================
 
-dedup_text, charts and video run whole (charts and video end in shards, compared byte for byte).
-instruction2, cot and caption2 run up to the killed stage's segment (``cut_after``): their killed
-stage comes early and what follows it is a long row of global stages that would triple the time;
-what a resume can get wrong lies in the killed segment's checkpoint and manifests, compared
-here, and tests/faults/test_determinism.py runs every pipeline whole. caption2 still takes a few
-minutes on two cores (six global stages before its judge) and runs only with
-``SAILCURATE_SLOW_FAULTS=1``.
+dedup_text, dedup_images, resample_text, charts and video run whole (charts and video end in
+shards, compared byte for byte). instruction2, cot and caption2 run up to the killed stage's
+segment (``cut_after``): their killed stage comes early and what follows it is a long row of
+global stages that would triple the time; what a resume can get wrong lies in the killed
+segment's checkpoint and manifests, compared here, and tests/faults/test_determinism.py runs
+every pipeline whole.
 
 Model stages talk to a ``SchemaServer`` (tests/faults/schema_server.py): it stands in for the
 model server, answering each request as a pure function of the request. During the killed run it
@@ -75,6 +76,7 @@ import psutil
 import pytest
 
 from conftest import ROOT, run_config
+from faults import inputs
 from faults.endpoint import config_on_server
 from faults.schema_server import FaultPlan, SchemaServer
 from helpers import assert_conservation
@@ -88,47 +90,26 @@ KILL_DEADLINE_S = 300
 
 # -- the pipelines ------------------------------------------------------------------------------
 def _docs(tmp: Path) -> list[str]:
-    """Real prose (the Python reference topics shipped with the stdlib) with near copies planted."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from helpers import pydoc_paragraphs
+    return [str(inputs.prose(tmp / "docs")["all"])]
 
-    paras = pydoc_paragraphs(40)
-    rows = [(f"doc{i:03d}", t) for i, t in enumerate(paras[:60])]
-    rows += [(f"exact{i}", "  " + paras[i].upper() + " ") for i in range(0, 20, 5)]
-    rows += [(f"near{i}", paras[i].replace(" the ", " a ", 2)) for i in range(1, 30, 5)]
-    out = tmp / "docs.parquet"
-    pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), out)
-    return [str(out)]
+
+def _two_sources(tmp: Path) -> list[str]:
+    docs = inputs.prose(tmp / "docs")
+    return [f"human={docs['human']}", f"synthetic={docs['synthetic']}"]
 
 
 def _topics(tmp: Path) -> list[str]:
-    return [str(ROOT / "data" / "charts" / "topics.jsonl")]
+    return [str(inputs.TOPICS)]
 
 
-def _videos(tmp: Path) -> list[str]:
-    from pipeline.video_data import build_video_qa
+def _images_with_copies(tmp: Path) -> list[str]:
+    from pipeline.demo_data import build_demo
 
-    return [str(build_video_qa(tmp / "video_qa", opencv=False))]
-
-
-def _instructions(tmp: Path) -> list[str]:
-    from instruction_data import build_instruction_sources
-
-    sources, _ = build_instruction_sources(tmp / "instruction_sources")
-    return [f"{k}={v}" for k, v in sources.items()]
-
-
-def _cot(tmp: Path) -> list[str]:
-    from instruction_data import build_cot_sources
-
-    return [f"{k}={v}" for k, v in build_cot_sources(tmp / "cot_sources").items()]
+    return [str(inputs.demo_with_copies(build_demo(tmp / "demo"), tmp / "copies"))]
 
 
 def _caption2(tmp: Path) -> list[str]:
-    from pipeline.demo_data import build_demo
-
-    return [f"images={build_demo(tmp / 'demo')}", f"topics={ROOT / 'data' / 'charts' / 'topics.jsonl'}"]
+    return [f"images={_images_with_copies(tmp)[0]}", f"topics={inputs.TOPICS}"]
 
 
 @dataclass
@@ -141,18 +122,16 @@ class Case:
     cut: bool = False                          # run only up to the killed stage's segment (cut_after)
 
 
-SLOW = pytest.mark.skipif(os.environ.get("SAILCURATE_SLOW_FAULTS") != "1",
-                          reason="a few minutes on 2 cores (many global stages); SAILCURATE_SLOW_FAULTS=1 runs it")
-
 CASES = {
     "dedup_text": Case("dedup_text", "minhash_dedup", _docs, ["ingest.chunk_rows=10"]),
     "charts": Case("charts", "chart_spec", _topics, ["ingest.chunk_rows=2"]),
-    "video": Case("video", "judge", _videos, ["ingest.chunk_videos=2"]),
-    "instruction2": Case("instruction2", "validate", _instructions, cut=True),
-    "cot": Case("cot", "difficulty", _cot, cut=True),
+    "dedup_images": Case("dedup_images", "phash_dedup", _images_with_copies, ["ingest.chunk_rows=4"]),
+    "resample_text": Case("resample_text", "ngram", _two_sources, ["ngram.overused_share=0.01"]),
+    "video": Case("video", "judge", inputs.video_qa, ["ingest.chunk_videos=2"]),
+    "instruction2": Case("instruction2", "validate", inputs.instruction_sources, cut=True),
+    "cot": Case("cot", "difficulty", inputs.cot_sources, cut=True),
     "caption2": Case("caption2", "judge", _caption2, ["ingest.chunk_rows=4"], cut=True),
 }
-SLOW_CASES = {"caption2"}
 
 
 def one_row_at_a_time(config: Path, stage: str) -> None:
@@ -321,7 +300,7 @@ def assert_same_result(got: Path, want: Path) -> None:
     assert counts[0] == counts[1]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[SLOW] if n in SLOW_CASES else []) for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_driver_killed_in_the_longest_stage_then_rerun_equals_an_undisturbed_run(name, ray_local, tmp_path):
     case = CASES[name]
     with SchemaServer(FaultPlan(delay_s=case.delay_s)) as server:
