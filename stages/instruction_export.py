@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from typing import Callable
 
 import pyarrow as pa
@@ -135,7 +134,7 @@ class InstructionExportStage(Stage):
         import pyarrow.parquet as pq
         import ray
 
-        from stages.shard import _add_order, _concat_parquet, _num_rows
+        from stages.shard import _add_order, _concat_parquet, write_files
 
         p = self.params
         out_dir = storage.join(run_dir, "instructions", p.corpus)
@@ -145,37 +144,9 @@ class InstructionExportStage(Stage):
         seed = p.seed if p.seed is not None else seed
         ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None).materialize()
         refs = _sorted_refs(ds, ds.count(), p.samples_per_file)
-        counts = ray.get([ray.remote(num_cpus=1)(_num_rows).remote(r) for r in refs])
-        total = sum(counts)
-        n_files = math.ceil(total / p.samples_per_file)
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
-        done = {i.base_name for i in storage.list_files(storage.join(out_dir, "_index"), ".parquet")}
         writer = ray.remote(num_cpus=self.default_resources.num_cpus)(write_file)
-        pending = []
-        for i in range(n_files):
-            name = f"{p.corpus}-{i:06d}.jsonl"
-            if f"{i:06d}.parquet" in done and storage.exists(storage.join(out_dir, name)):
-                continue
-            lo, hi = i * p.samples_per_file, min(total, (i + 1) * p.samples_per_file)
-            pieces, blocks = [], []
-            for b, (s, e) in enumerate(zip(starts[:-1], starts[1:])):
-                if e <= lo or s >= hi:
-                    continue
-                pieces.append((max(lo, s) - s, min(hi, e) - s))
-                blocks.append(refs[b])
-            pending.append(writer.remote(i, name, out_dir, pieces, p.model_dump(mode="json"), *blocks))
-        if len(pending) < n_files:
-            log(f"{self.name}: resuming, {n_files - len(pending)} of {n_files} files already written")
-        finished, last = 0, time.time()
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready)
-            finished += 1
-            if time.time() - last > 5 or not pending:
-                log(f"{self.name}: {finished} instruction files written, {len(pending)} to go")
-                last = time.time()
+        total, n_files = write_files(refs, p.samples_per_file, lambda i: f"{p.corpus}-{i:06d}.jsonl", out_dir, writer,
+                                     p.model_dump(mode="json"), f"{self.name}: ", "files", log)
         parts = [storage.join(out_dir, "_index", f"{i:06d}.parquet") for i in range(n_files)]
         self._remove_stale(out_dir, p.corpus, n_files, parts)
         files, turns = [], 0

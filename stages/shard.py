@@ -153,6 +153,56 @@ def write_shard(index: int, name: str, out_dir: str, pieces: list[tuple[int, int
     return {"index": index, "name": name, "samples": len(rows)}
 
 
+def write_files(refs: list, per_file: int, file_name: Callable[[int], str], out_dir: str, writer,
+                params: dict, prefix: str, noun: str, log: Callable[[str], None]) -> tuple[int, int]:
+    """Cut ordered blocks into files of ``per_file`` rows and write each with the remote ``writer``,
+    skipping files a killed run completed (its ``_index`` part is written last, so it marks a whole
+    file). Returns (rows, files). Shards, video shards and instruction files all go through here."""
+    import ray
+
+    counts = ray.get([ray.remote(num_cpus=1)(_num_rows).remote(r) for r in refs])
+    total = sum(counts)
+    n_files = math.ceil(total / per_file)
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    done = {i.base_name for i in storage.list_files(storage.join(out_dir, "_index"), ".parquet")}
+    pending = []
+    for i in range(n_files):
+        name = file_name(i)
+        if f"{i:06d}.parquet" in done and storage.exists(storage.join(out_dir, name)):
+            continue
+        lo, hi = i * per_file, min(total, (i + 1) * per_file)
+        pieces, blocks = [], []
+        for b, (s, e) in enumerate(zip(starts[:-1], starts[1:])):
+            if e <= lo or s >= hi:
+                continue
+            pieces.append((max(lo, s) - s, min(hi, e) - s))
+            blocks.append(refs[b])
+        pending.append(writer.remote(i, name, out_dir, pieces, params, *blocks))
+    if len(pending) < n_files:
+        log(f"{prefix}resuming, {n_files - len(pending)} of {n_files} {noun} already written")
+    finished, last = 0, time.time()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready)
+        except Exception:
+            # Let the other writers finish or fail (removing their temporaries) before reporting
+            # the first error: none is cut off mid-write when the driver exits.
+            for ref in pending:
+                try:
+                    ray.get(ref)
+                except Exception:
+                    pass
+            raise
+        finished += 1
+        if time.time() - last > 5 or not pending:
+            log(f"{prefix}{finished} {noun} written, {len(pending)} to go")
+            last = time.time()
+    return total, n_files
+
+
 INDEX_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("source", pa.string()), ("source_key", pa.string()), ("shard", pa.string()),
     ("key", pa.string()), ("position", pa.int32()), ("text_tokens", pa.int64()), ("visual_tokens", pa.int64()),
@@ -191,47 +241,9 @@ class ShardStage(Stage):
         order_fn, order_args = self.order(seed)
         ds = ds.map_batches(order_fn, fn_args=order_args, batch_format="pyarrow", batch_size=None).sort("_order")
         refs = ds.to_arrow_refs()
-        counts = ray.get([ray.remote(num_cpus=1)(_num_rows).remote(r) for r in refs])
-        total = sum(counts)
-        n_shards = math.ceil(total / p.samples_per_shard)
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
-        done = {i.base_name for i in storage.list_files(storage.join(out_dir, "_index"), ".parquet")}
-        pending = []
         writer = ray.remote(num_cpus=self.default_resources.num_cpus)(self.writer)
-        for i in range(n_shards):
-            name = f"{p.corpus}-{i:06d}.tar"
-            if f"{i:06d}.parquet" in done and storage.exists(storage.join(out_dir, name)):
-                continue
-            lo, hi = i * p.samples_per_shard, min(total, (i + 1) * p.samples_per_shard)
-            pieces, blocks = [], []
-            for b, (s, e) in enumerate(zip(starts[:-1], starts[1:])):
-                if e <= lo or s >= hi:
-                    continue
-                pieces.append((max(lo, s) - s, min(hi, e) - s))
-                blocks.append(refs[b])
-            pending.append(writer.remote(i, name, out_dir, pieces, p.model_dump(mode="json"), *blocks))
-        if len(pending) < n_shards:
-            log(f"{self.name}: resuming, {n_shards - len(pending)} of {n_shards} shards already written")
-        finished, last = 0, time.time()
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                ray.get(ready)
-            except Exception:
-                # Let the other writers finish or fail (removing their temporaries) before reporting
-                # the first error: none is cut off mid-write when the driver exits.
-                for ref in pending:
-                    try:
-                        ray.get(ref)
-                    except Exception:
-                        pass
-                raise
-            finished += 1
-            if time.time() - last > 5 or not pending:
-                log(f"{self.name}: {finished} shards written, {len(pending)} to go")
-                last = time.time()
+        total, n_shards = write_files(refs, p.samples_per_shard, lambda i: f"{p.corpus}-{i:06d}.tar", out_dir, writer,
+                                      p.model_dump(mode="json"), f"{self.name}: ", "shards", log)
         # Shards numbered past the end belong to an earlier, larger run: remove them.
         for info in storage.list_files(out_dir, ".tar"):
             m = re.fullmatch(rf"{re.escape(p.corpus)}-(\d+)\.tar", info.base_name)
