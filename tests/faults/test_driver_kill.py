@@ -25,25 +25,29 @@ The killed stage of each pipeline is the one that takes longest in a real run (r
 each segment's seconds; on these inputs and the stand-in model below, Ray Data's fixed cost per
 segment hides the model time, so where there is a model the model stage is taken):
 
-==============  ====================  =====================================================
-pipeline        killed stage          why
-==============  ====================  =====================================================
-dedup_text      minhash_dedup         a global shuffle over every document; longest measured
-dedup_images    phash_dedup           LSH buckets and components over every image; longest measured
-resample_text   ngram                 counts every n-gram, then a distributed select; longest measured
-charts          chart_spec            the language model (rendering is milliseconds a chart)
-video           judge                 a VLM over 16 frames per QA pair
-instruction2    validate              the VLM validity + category pass over every sample
-cot             difficulty            k=4 policy answers per question, plus verification
-caption2        judge                 VIR + ITA scores from a VLM for every image-caption pair
-==============  ====================  =====================================================
+==================  ==============  ==============================================================
+pipeline            killed stage    why
+==================  ==============  ==============================================================
+dedup_text          minhash_dedup   a global shuffle over every document; longest measured
+dedup_images        phash_dedup     LSH buckets and components over every image; longest measured
+resample_text       ngram           counts every n-gram, then a distributed select; longest measured
+charts              chart_spec      the language model (rendering is milliseconds a chart)
+charts_from_specs   chart_render    the one stage with work per row: matplotlib draws each chart
+charts_recaption    recaption       a VLM writes a caption for every chart image
+demo_judge          judge           VIR + ITA scores from a VLM for every image-caption pair
+demo_caption_qa     caption_qa      a language model writes QA pairs from every caption
+video               judge           a VLM over 16 frames per QA pair
+instruction2        validate        the VLM validity + category pass over every sample
+cot                 difficulty      k=4 policy answers per question, plus verification
+caption2            judge           VIR + ITA scores from a VLM for every image-caption pair
+==================  ==============  ==============================================================
 
-dedup_text, dedup_images, resample_text, charts and video run whole (charts and video end in
-shards, compared byte for byte). instruction2, cot and caption2 run up to the killed stage's
-segment (``cut_after``): their killed stage comes early and what follows it is a long row of
-global stages that would triple the time; what a resume can get wrong lies in the killed
-segment's checkpoint and manifests, compared here, and tests/faults/test_determinism.py runs
-every pipeline whole.
+The demo pipeline's case is tests/test_resume.py (a driver that started its own Ray). The
+pipelines up to video run whole (those ending in shards have them compared byte for byte).
+instruction2, cot and caption2 run up to the killed stage's segment (``cut_after``): their
+killed stage comes early and what follows it is a long row of global stages that would triple
+the time; what a resume can get wrong lies in the killed segment's checkpoint and manifests,
+compared here, and tests/faults/test_determinism.py runs every pipeline whole.
 
 Model stages talk to a ``SchemaServer`` (tests/faults/schema_server.py): it stands in for the
 model server, answering each request as a pure function of the request. During the killed run it
@@ -102,6 +106,16 @@ def _topics(tmp: Path) -> list[str]:
     return [str(inputs.TOPICS)]
 
 
+def _specs(tmp: Path) -> list[str]:
+    return [str(inputs.SPECS)]
+
+
+def _demo_images(tmp: Path) -> list[str]:
+    from pipeline.demo_data import build_demo
+
+    return [str(build_demo(tmp / "demo"))]
+
+
 def _images_with_copies(tmp: Path) -> list[str]:
     from pipeline.demo_data import build_demo
 
@@ -125,6 +139,10 @@ class Case:
 CASES = {
     "dedup_text": Case("dedup_text", "minhash_dedup", _docs, ["ingest.chunk_rows=10"]),
     "charts": Case("charts", "chart_spec", _topics, ["ingest.chunk_rows=2"]),
+    "charts_from_specs": Case("charts_from_specs", "chart_render", _specs, ["ingest.chunk_rows=2"]),
+    "charts_recaption": Case("charts_recaption", "recaption", _demo_images, ["ingest.chunk_rows=4"]),
+    "demo_judge": Case("demo_judge", "judge", _demo_images, ["ingest.chunk_rows=4"]),
+    "demo_caption_qa": Case("demo_caption_qa", "caption_qa", _demo_images, ["ingest.chunk_rows=4"]),
     "dedup_images": Case("dedup_images", "phash_dedup", _images_with_copies, ["ingest.chunk_rows=4"]),
     "resample_text": Case("resample_text", "ngram", _two_sources, ["ngram.overused_share=0.01"]),
     "video": Case("video", "judge", inputs.video_qa, ["ingest.chunk_videos=2"]),
@@ -132,6 +150,11 @@ CASES = {
     "cot": Case("cot", "difficulty", inputs.cot_sources, cut=True),
     "caption2": Case("caption2", "judge", _caption2, ["ingest.chunk_rows=4"], cut=True),
 }
+
+
+def test_every_shipped_pipeline_has_a_case():
+    shipped = {p.stem for p in (ROOT / "configs").glob("*.yaml")}
+    assert shipped == {case.config for case in CASES.values()} | {"demo"}  # demo: tests/test_resume.py
 
 
 def one_row_at_a_time(config: Path, stage: str) -> None:
