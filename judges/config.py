@@ -17,6 +17,9 @@ class EngineConfig(Params):
     max_model_len: int = Field(4096, ge=128)
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="KV cache size in bytes instead of a gpu_memory_utilization share "
+                                "(on CPU, VLLM_CPU_KVCACHE_SPACE in GiB wins when set)")
     dtype: str = "auto"
     enable_prefix_caching: bool = True
     max_images: int = Field(8, ge=1, description="images (or video frames) per prompt")
@@ -40,10 +43,15 @@ def make_engine(cfg: EngineConfig, seed: int = 0):
     if cfg.kind == "vllm":
         from judges.engines.vllm_engine import VLLMEngine
 
+        extra: dict = {}
+        if cfg.enforce_eager:
+            extra["enforce_eager"] = True
+        if cfg.kv_cache_memory_bytes:
+            extra["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
         return VLLMEngine(cfg.model, max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype,
                           enable_prefix_caching=cfg.enable_prefix_caching, max_images=cfg.max_images, seed=seed,
-                          extra={"enforce_eager": True} if cfg.enforce_eager else None)
+                          extra=extra or None)
     if cfg.kind == "openai":
         from judges.engines.openai_engine import OpenAIEngine
 

@@ -8,7 +8,9 @@ For each segment (a chain of stages ending at a checkpoint) the runner:
 3. derives per-stage manifests from the fragments and checks conservation
    (in = kept + dropped + error) for every stage before publishing the
    completion record.
-Nothing is collected on the driver but per-chunk counts.
+Nothing is collected on the driver but per-chunk counts. Before any of this, and before
+anything is written, it checks that the cluster can hold what each map segment it will run
+needs at once (pipeline/cluster_fit.py): Ray Data would otherwise wait forever in silence.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from manifests.writer import write_segment_manifests, write_sink_manifest
-from pipeline import actor_timing, storage
+from pipeline import actor_timing, cluster_fit, storage
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
@@ -34,12 +36,19 @@ class ConservationError(RuntimeError):
     """A stage lost or invented rows: always a bug, never tolerated."""
 
 
+class ResourceError(ConfigError):
+    """The cluster can never hold what a segment needs at once; Ray Data would wait forever."""
+
+
 @dataclass
 class RunOptions:
     run_dir: str
     from_stage: str | None = None
     only_stage: str | None = None
     force: bool = False
+    # Compare what each segment needs at minimum with the cluster before running (cluster_fit.py);
+    # False (--no-resource-check) for clusters that grow in ways the check does not see.
+    resource_check: bool = True
     log: Callable[[str], None] = field(default=lambda msg: print(f"[sailcurate] {msg}", file=sys.stderr, flush=True))
 
 
@@ -125,18 +134,19 @@ class Runner:
     # -- the run --------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t0 = time.time()
-        storage.makedirs(self.run_dir)
         forced = self._segments_to_force()
         only = self.plan.segment_of(self.options.only_stage).name if self.options.only_stage else None
-        self.record = self._initial_record()
-        self._write_record()
         ensure_ray()
+        # Before anything is written: a plan the cluster can never hold fails here, not as a silent hang.
+        warnings = self.check_resources()
+        storage.makedirs(self.run_dir)
+        self.record = self._initial_record()
+        if warnings:
+            self.record["resource_warnings"] = warnings
+        self._write_record()
         for seg in self.plan.segments:
             ckpt = Checkpoint(self.run_dir, seg.name)
-            if only and seg.name != only:
-                self._note_skipped(seg, ckpt)
-                continue
-            if seg.name not in forced and ckpt.is_complete(seg.end.fingerprint):
+            if not self._will_run(seg, forced, only):
                 self._note_skipped(seg, ckpt)
                 continue
             started = time.time()
@@ -172,6 +182,37 @@ class Runner:
         self.record["status"] = "succeeded"
         self._write_record()
         return self.record
+
+    def _will_run(self, seg: Segment, forced: set[str], only: str | None) -> bool:
+        if only and seg.name != only:
+            return False
+        return seg.name in forced or not Checkpoint(self.run_dir, seg.name).is_complete(seg.end.fingerprint)
+
+    def check_resources(self) -> list[str]:
+        """Raise ResourceError when a segment this run would run can never be scheduled on the
+        connected cluster; on an autoscaling cluster log and return the same findings as warnings."""
+        if not self.options.resource_check:
+            self.options.log("resource check skipped (--no-resource-check)")
+            return []
+        forced = self._segments_to_force()
+        only = self.plan.segment_of(self.options.only_stage).name if self.options.only_stage else None
+        cluster = cluster_fit.cluster_now()
+        found: list[str] = []
+        for seg in self.plan.segments:  # global stages are left out: they build their own plans in transform()
+            if self._will_run(seg, forced, only) and seg.mode != "global":
+                found += cluster_fit.problems(seg.name, segment_needs(seg, cluster.totals), cluster)
+        if not found:
+            return []
+        listing = "\n".join(f"  - {p}" for p in found)
+        if cluster.autoscaler:
+            self.options.log(f"warning: the cluster cannot run this pipeline until nodes join; it may autoscale "
+                             f"({cluster.autoscaler}), so the run goes on and waits:\n{listing}")
+            return found
+        raise ResourceError(
+            f"{self.config.path}: this Ray cluster can never run the pipeline as configured; Ray Data would wait "
+            f"forever, so nothing was started:\n{listing}\n"
+            "If nodes can still join this cluster (an autoscaler this check does not see), pass --no-resource-check."
+        )
 
     def _note_skipped(self, seg: Segment, ckpt: Checkpoint) -> None:
         rec = ckpt.completion() or {}
@@ -337,9 +378,10 @@ class Runner:
         if res.num_gpus:
             common["num_gpus"] = res.num_gpus
         if node.stage_cls.stateful:
-            slots = _gpu_slots(res.num_gpus) if res.num_gpus else _cpu_slots(res.num_cpus)
-            size = res.concurrency or slots
-            compute = rd.ActorPoolStrategy(min_size=size if res.concurrency else 1, max_size=size)
+            import ray
+
+            min_size, max_size = cluster_fit.pool_bounds(res, ray.cluster_resources())
+            compute = rd.ActorPoolStrategy(min_size=min_size, max_size=max_size)
             return ds.map_batches(StageCall, fn_constructor_args=args + (timing_dir,), compute=compute, **common)
         return ds.map_batches(run_stage_batch, fn_args=args, **common)
 
@@ -421,18 +463,32 @@ def _check_conservation(seg: Segment, counts: dict[str, dict], rows_in: int) -> 
         expected_in = c[KEPT]
 
 
-def _cpu_slots(per_worker: float) -> int:
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 1)
-    return max(1, int(total / max(per_worker, 0.01)))
-
-
-def _gpu_slots(per_worker: float) -> int:
-    import ray
-
-    total = ray.cluster_resources().get("GPU", 0)
-    return max(1, int(total / max(per_worker, 0.01)))
+def segment_needs(seg: Segment, cluster_totals: dict[str, float]) -> list[cluster_fit.Need]:
+    """What a map segment's plan (as ``_run_map`` builds it) asks of Ray: its read, each stage
+    (a held actor pool for a stateful stage, a task for the others) and the fragment write."""
+    Need = cluster_fit.Need
+    first = seg.nodes[0]
+    if first.stage_cls.mode == "source":
+        cpus = first.spec.resources.num_cpus  # read_units runs with the source stage's num_cpus only
+        needs = [Need(first.name, False, 1, {"CPU": cpus} if cpus else {}, f"resources.num_cpus (now {cpus:g})")]
+        rest = seg.nodes[1:]
+    else:
+        needs = [Need(f"read of checkpoint {', '.join(seg.inputs)}", False, 1,
+                      {"CPU": cluster_fit.READ_TASK_NUM_CPUS}, "")]
+        rest = seg.nodes
+    for node in rest:
+        res = node.spec.resources
+        knobs = [f"resources.num_cpus (now {res.num_cpus:g})"] + (
+            [f"resources.num_gpus (now {res.num_gpus:g})"] if res.num_gpus else [])
+        if node.stage_cls.stateful:
+            min_size = cluster_fit.pool_bounds(res, cluster_totals)[0]
+            if res.concurrency:
+                knobs.insert(0, f"resources.concurrency (now {res.concurrency})")
+            needs.append(Need(node.name, True, min_size, cluster_fit.worker_resources(res), " or ".join(knobs)))
+        else:
+            needs.append(Need(node.name, False, 1, cluster_fit.worker_resources(res), " or ".join(knobs)))
+    needs.append(Need("fragment write", False, 1, {"CPU": cluster_fit.WRITE_TASK_NUM_CPUS}, ""))
+    return needs
 
 
 def package_versions() -> dict[str, str]:
