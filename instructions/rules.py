@@ -131,11 +131,16 @@ def image_problem(data: bytes | None, min_side: int) -> str | None:
     """None when the bytes decode to an image with both sides >= min_side, else why not."""
     from PIL import Image
 
+    from stages.png_chunks import png_stream_problem
+
     if not data:
         return "no bytes"
     try:
         im = Image.open(io.BytesIO(data))
         w, h = im.size
+        broken = png_stream_problem(data) if im.format == "PNG" else None  # Pillow fills in a cut PNG
+        if broken:
+            return f"does not decode ({broken})"
         if im.format == "JPEG":
             im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
         im.load()

@@ -3,7 +3,9 @@
 Decoding is the CPU-bound step that feeds GPU judges, so it uses Pillow's
 ``draft`` mode (JPEG decodes at a reduced scale, several times faster) to
 prove the whole stream decodes without paying for a full-size decode. The
-original bytes travel on untouched unless ``reencode`` is set.
+original bytes travel on untouched unless ``reencode`` is set. A PNG must also hold a
+whole chunk stream up to IEND (``stages/png_chunks.py``): Pillow decodes one cut inside its
+last IDAT chunk, filling in what is missing.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from PIL import Image
 from pydantic import Field
 
 from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage
+from stages.png_chunks import png_stream_problem
 
 
 class DecodeParams(Params):
@@ -32,6 +35,7 @@ class DecodeStage(Stage):
     kind = "decode"
     Params = DecodeParams
     description = "Open and verify images (Pillow, draft mode), record width/height/format/hash; drop bombs and tiny images."
+    code_deps = ("stages.png_chunks",)
     requires = {"image": pa.binary()}
     produces = {
         "width": pa.int32(),
@@ -78,6 +82,10 @@ class DecodeStage(Stage):
                 if w * h > p.max_pixels:
                     return {**r, "status": DROPPED, "reason": f"decompression_bomb: {w}x{h} > max_pixels {p.max_pixels}"}
                 if p.verify:
+                    # Pillow fills in a PNG cut inside its last IDAT; the chunk walk catches it.
+                    broken = png_stream_problem(data) if im.format == "PNG" else None
+                    if broken:
+                        return {**r, "status": ERROR, "reason": f"corrupt_image: {broken}"}
                     if im.format == "JPEG":
                         im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
                     im.load()

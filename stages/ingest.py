@@ -17,7 +17,9 @@ has an absolute or ``..`` name, repeats within a sample or exceeds
 ``max_member_bytes`` makes its sample an error row (local tars are read in
 place, so a member of many GiB costs nothing); JSON nested deeper than
 ``MAX_JSON_DEPTH`` is ``bad_json``; text Arrow cannot store (lone surrogates)
-is ``bad_text``; a Parquet file that cannot be read is one error row.
+is ``bad_text``; a Parquet file that cannot be read is one error row. A ``.tar`` that is
+really gzip/bzip2/xz-compressed is read, but may decompress to at most ``max_tar_expansion``
+times its size (``stages/tar_stream.py``): past that the rest of it is one ``tar_bomb`` row.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from pydantic import Field
 
 from pipeline import storage
 from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, limit_units
+from stages.tar_stream import TarExpansionError, check_complete, open_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_NAMES = ("text", "caption", "txt", "TEXT", "Caption")
@@ -46,6 +49,10 @@ class IngestParams(Params):
     source: str = Field(..., description="name of a source under 'sources' in the pipeline file")
     chunk_rows: int = Field(10_000, ge=1, description="rows per commit unit for parquet and jsonl sources")
     max_member_bytes: int = Field(256 * 1024 * 1024, ge=1, description="larger tar members / images are error rows")
+    max_tar_expansion: float = Field(
+        200.0, ge=1, description="a compressed (gzip/bzip2/xz) tar may decompress to at most this many times its size; "
+                                 "past it the rest of the tar is one tar_bomb error row (stages/tar_stream.py: JPEG "
+                                 "tars expand ~1x, text ~10x, gzip bombs ~1000x)")
     limit: int | None = Field(None, ge=1, description="read at most this many rows (smoke runs); None reads all")
 
 
@@ -116,6 +123,7 @@ class IngestStage(Stage):
     mode = "source"
     Params = IngestParams
     description = "Read a source (WebDataset tars, Parquet, or images + JSONL) into rows with stable sample ids."
+    code_deps = ("stages.tar_stream",)
     produces = {
         "text": pa.string(),
         "image": pa.binary(),
@@ -214,7 +222,7 @@ class IngestStage(Stage):
             else:  # object stores: one request for the tar, not two per member
                 with fs.open_input_stream(p) as raw:
                     fileobj = io.BytesIO(raw.read())
-            with fileobj, tarfile.open(fileobj=fileobj, mode="r:*") as tf:
+            with fileobj, open_tar(fileobj, self.params.max_tar_expansion) as tf:
                 for m in tf:
                     name = m.name
                     base = name.rsplit("/", 1)[-1]
@@ -240,19 +248,17 @@ class IngestStage(Stage):
                         continue
                     f = tf.extractfile(m)
                     members[ext] = f.read() if f is not None else b""
-                # tarfile stops quietly at a cut or garbled header after the first member;
-                # a complete archive has a zero (end-of-archive) block where it stopped.
-                tf.fileobj.seek(tf.offset)
-                if tf.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
-                    raise tarfile.ReadError(f"no end-of-archive block at byte {tf.offset} (truncated or garbled header)")
+                check_complete(tf)  # an end-of-archive block; a compressed tar's checksum
             flush()
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # Rows parsed before the damage are kept; the damage itself is one error row.
+            bomb = isinstance(e, TarExpansionError)
             if pending:
-                members.setdefault("_errors", []).append("member cut off by a truncated tar")
+                members.setdefault("_errors", []).append(
+                    "member not read: the tar's decompression budget ran out" if bomb else "member cut off by a truncated tar")
                 flush()
-            rows.append(self._row(unit, f"{label}#unreadable", None, None, None, {"tar": label},
-                                  ERROR, f"corrupt_tar: {type(e).__name__}: {e}"))
+            rows.append(self._row(unit, f"{label}#unreadable", None, None, None, {"tar": label}, ERROR,
+                                  f"tar_bomb: {e}" if bomb else f"corrupt_tar: {type(e).__name__}: {e}"))
         return rows
 
     def _tar_sample(self, unit, key: str, members: dict) -> dict:

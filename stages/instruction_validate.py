@@ -60,7 +60,7 @@ class InstructionValidateParams(Params):
 class InstructionValidateStage(Stage):
     kind = "instruction_validate"
     stateful = True
-    code_deps = ("judges", "instructions")
+    code_deps = ("judges", "instructions", "stages.png_chunks")  # png_chunks: the rules' image check
     Params = InstructionValidateParams
     description = "Dual validation of instruction samples: rule checks and an instruction_validity model verdict (both recorded)."
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)

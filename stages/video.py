@@ -18,7 +18,10 @@ Decoders crash on hostile files (a segfault in FFmpeg or decord kills the
 process) or stall on them. So decoding runs in a child process
 (``IsolatedDecoder``: ``python -m stages.video``), reused across videos; the
 parent waits with a timeout. A child that dies or does not answer in time is
-killed and replaced, and only that video becomes an ``error`` row.
+killed and replaced, and only that video becomes an ``error`` row. A lying file can also make
+the decoder allocate without end, so the child runs under ``max_memory_mb`` (``RLIMIT_DATA``:
+heap and private anonymous mappings); a decode that hits it is an error row
+(``video_decoder_out_of_memory``) and the child is replaced before the next video.
 """
 from __future__ import annotations
 
@@ -61,6 +64,10 @@ class VideoDecodeParams(BaseModel):
     frames_per_call: int = Field(4, ge=1, description="frames per get_batch call: bounds full-size frames in memory")
     decode_threads: int = Field(1, ge=0, description="decord threads per video (0: FFmpeg decides)")
     timeout_s: float = Field(120.0, gt=0, description="a decode taking longer is killed; the video becomes an error row")
+    max_memory_mb: int | None = Field(
+        4096, ge=256, description="the decoder process's data memory cap (RLIMIT_DATA, whole process: ~170 MB idle); "
+                                  "a decode over it is an error row and the decoder restarts. Measured need with "
+                                  "the other defaults: ~250 MB at 160x120, ~410 MB at 1080p, ~900 MB at 4K (None: no cap)")
     fingerprint: bool = Field(True, description="pHash each sampled frame (video_fingerprint column)")
 
 
@@ -185,13 +192,20 @@ def decode_video(ref: VideoRef, params: dict[str, Any]) -> dict[str, Any]:
     """Probe, check and sample one video. Returns a dict with ``status``/``reason`` and, when it
     got that far, the probe (duration_s, fps, frame_count, width, height) and the sampled frames
     (JPEG bytes), their indices and pHashes, plus decode_s and the process's peak RSS
-    (max_rss_mb). Never raises for a bad file."""
+    (max_rss_mb) and data memory during this decode (peak_data_mb, sampled). A failed decode
+    whose data memory came near ``max_memory_mb`` is marked ``out_of_memory``. Never raises for a
+    bad file."""
     import resource
 
+    p = VideoDecodeParams(**params)
     t0 = time.perf_counter()
-    out = _decode(ref, VideoDecodeParams(**params))
+    with DataPeak() as peak:
+        out = _decode(ref, p)
     out["decode_s"] = time.perf_counter() - t0
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["peak_data_mb"] = peak.mb
+    if out["status"] == ERROR and near_memory_cap(peak.mb, p.max_memory_mb):
+        out["out_of_memory"] = True
     return out
 
 
@@ -250,6 +264,79 @@ def _decode(ref: VideoRef, p: VideoDecodeParams) -> dict[str, Any]:
         del vr
 
 
+# -- memory: the child's cap, and telling a decode that ran into it ---------------------------
+def set_memory_cap(max_memory_mb: int | None) -> None:
+    """Cap this process's data memory (the soft ``RLIMIT_DATA``; None lifts it to the hard limit).
+    RLIMIT_DATA counts the heap and private writable mappings (Linux >= 4.7): what decoding
+    allocates, and not the address space that ``RLIMIT_AS`` would also count -- shared libraries,
+    thread stacks, malloc arenas reserved but unused -- which grows with FFmpeg's thread count
+    (measured on a 4K clip: ~900 MB of data, ~1.1 GB of address space). A decode over the cap
+    fails in one of several ways (measured with caps from 170 MB up on 1080p and 4K clips): a
+    MemoryError, a C++ std::bad_alloc that aborts the child, an FFmpeg error, or decord looping
+    on the failed allocation until the timeout; ``IsolatedDecoder`` names them all
+    ``video_decoder_out_of_memory``."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = resource.RLIM_INFINITY if max_memory_mb is None else max_memory_mb << 20
+    if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+        soft = hard
+    resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def data_mb(pid: int | str = "self") -> float:
+    """A process's data memory now, in MB: what RLIMIT_DATA limits (``/proc/PID/statm``'s data
+    field: heap, private writable mappings and the stack); 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def near_memory_cap(used_mb: float, cap_mb: int | None) -> bool:
+    """Whether a failed decode that used ``used_mb`` of data memory failed for lack of memory:
+    within max(64 MB, 1/8 of the cap) of it. The allocation that failed is never counted, and
+    FFmpeg reports some failed ones as invalid data or loops on them (measured under a cap:
+    'Error sending packet', or a hang), so what the process holds is the evidence."""
+    return cap_mb is not None and used_mb >= cap_mb - max(64.0, cap_mb / 8)
+
+
+class DataPeak:
+    """The highest data memory (MB) this process holds while the block runs, sampled by a thread
+    every ``interval_s`` (a read of /proc/self/statm: ~20 us)."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import threading
+
+        self.interval_s, self.mb = interval_s, data_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.mb = max(self.mb, data_mb())
+
+    def __enter__(self) -> "DataPeak":
+        try:
+            self._thread.start()
+        except RuntimeError:  # no memory left for a thread's stack: the samples at both ends remain
+            self._thread = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.mb = max(self.mb, data_mb())
+
+
+# What a failed allocation leaves in a decode's error or in the child's stderr: a C++
+# std::bad_alloc (decord; uncaught, it aborts the process), ENOMEM from FFmpeg ("Cannot allocate
+# memory"; decord's filter graph logs the bare errno, "get frame failed12"), Python's MemoryError.
+_OUT_OF_MEMORY = re.compile(r"std::bad_alloc|Cannot allocate memory|MemoryError|out of memory|get frame failed\s*12\b")
+
+
 # -- the child process ------------------------------------------------------------------------
 def _write_msg(stream, obj: Any) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -286,9 +373,11 @@ def worker_main() -> None:
         except EOFError:
             return
         try:
+            set_memory_cap(params.get("max_memory_mb"))
             result = decode_video(ref, params)
-        except Exception as e:  # a bug here must not end the worker
-            result = {"status": ERROR, "reason": "video_decode: " + _first_line(e)}
+        except Exception as e:  # a bug here (or no memory left to run it) must not end the worker
+            result = {"status": ERROR, "reason": "video_decode: " + _first_line(e),
+                      "out_of_memory": near_memory_cap(data_mb(), params.get("max_memory_mb"))}
         _write_msg(answers, result)
 
 
@@ -301,14 +390,17 @@ class IsolatedDecoder:
 
     The child is started on first use and reused; it is replaced after it dies (reason
     ``video_decoder_crashed: killed by SIGSEGV``) or after ``timeout_s`` without an answer
-    (``video_decode_timeout``). ``stats`` counts requests, starts, crashes and timeouts."""
+    (``video_decode_timeout``), and after a decode that ran out of memory (its own
+    ``max_memory_mb`` cap, applied in the child: ``video_decoder_out_of_memory``), since C code
+    that failed an allocation may be left broken. ``stats`` counts requests, starts, crashes,
+    timeouts and out-of-memory decodes (a crash or a timeout that ran out of memory counts twice)."""
 
     def __init__(self, timeout_s: float = 120.0, start_timeout_s: float = 60.0):
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self._stderr = None
-        self.stats = {"requests": 0, "starts": 0, "crashes": 0, "timeouts": 0}
+        self.stats = {"requests": 0, "starts": 0, "crashes": 0, "timeouts": 0, "out_of_memory": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "IsolatedDecoder":
@@ -363,6 +455,22 @@ class IsolatedDecoder:
                     pass
             self.proc = None
 
+    def _stderr_size(self) -> int:
+        if self._stderr is None:
+            return 0
+        return self._stderr.seek(0, os.SEEK_END)
+
+    def _stderr_since(self, mark: int, limit: int = 1 << 16) -> str:
+        """What the child wrote to stderr since byte ``mark`` (the last ``limit`` bytes of it)."""
+        if self._stderr is None:
+            return ""
+        try:
+            end = self._stderr.seek(0, os.SEEK_END)
+            self._stderr.seek(max(mark, end - limit))
+            return self._stderr.read().decode("utf-8", "replace")
+        except Exception:
+            return ""
+
     def _stderr_tail(self) -> str:
         if self._stderr is None:
             return ""
@@ -399,7 +507,7 @@ class IsolatedDecoder:
         return pickle.loads(self._read_exact(n, deadline))
 
     def decode(self, ref: VideoRef, params: VideoDecodeParams | dict[str, Any]) -> dict[str, Any]:
-        """``decode_video`` in the child; a crash or timeout is an error result, never an exception."""
+        """``decode_video`` in the child; a crash, timeout or out-of-memory is an error result, never an exception."""
         params = params.model_dump() if isinstance(params, VideoDecodeParams) else dict(params)
         ref = VideoRef(os.path.abspath(ref.path), ref.offset, ref.size)  # the child may run elsewhere
         timeout = float(params.get("timeout_s", self.timeout_s))
@@ -407,20 +515,42 @@ class IsolatedDecoder:
             self._kill()
             self._start()
         self.stats["requests"] += 1
+        stderr_mark = self._stderr_size()
         try:
             _write_msg(self.proc.stdin, (ref, params))
-            return self._receive(timeout)
+            result = self._receive(timeout)
         except TimeoutError:
             self.stats["timeouts"] += 1
-            self._kill()
-            return {"status": ERROR, "reason": f"video_decode_timeout: no result in {format_number(timeout)} s; decoder killed"}
+            result = {"status": ERROR, "reason": f"video_decode_timeout: no result in {format_number(timeout)} s; decoder killed",
+                      "out_of_memory": near_memory_cap(data_mb(self.proc.pid), params.get("max_memory_mb"))}
+            self._kill_if_out_of_memory(result, stderr_mark, params, always=True)
+            return result
         except (DecoderGone, BrokenPipeError, OSError):
             rc = self.proc.wait(timeout=10) if self.proc is not None else None
             self.stats["crashes"] += 1
             how = f"killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with status {rc}"
             tail = self._stderr_tail()
+            result = {"status": ERROR, "reason": f"video_decoder_crashed: {how}" + (f" ({tail})" if tail else "")}
+            self._kill_if_out_of_memory(result, stderr_mark, params, always=True)
+            return result
+        if result.get("status") == ERROR:
+            self._kill_if_out_of_memory(result, stderr_mark, params)
+        return result
+
+    def _kill_if_out_of_memory(self, result: dict, stderr_mark: int, params: dict, always: bool = False) -> None:
+        """When the failed decode ran out of memory -- it held nearly ``max_memory_mb``
+        (``out_of_memory``), or a failed allocation shows in its reason or in what the child printed
+        since the request -- rename the reason ``video_decoder_out_of_memory`` and replace the
+        child. ``always``: the child is replaced anyway (it crashed or hung)."""
+        if (result.pop("out_of_memory", False) or _OUT_OF_MEMORY.search(result.get("reason") or "")
+                or _OUT_OF_MEMORY.search(self._stderr_since(stderr_mark))):
+            self.stats["out_of_memory"] += 1
+            cap = params.get("max_memory_mb")
+            over = f"over max_memory_mb={cap}" if cap is not None else "an allocation failed (no max_memory_mb)"
+            result["reason"] = f"video_decoder_out_of_memory: {over}; decoder restarted ({result['reason']})"
+            always = True
+        if always:
             self._kill()
-            return {"status": ERROR, "reason": f"video_decoder_crashed: {how}" + (f" ({tail})" if tail else "")}
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def test_a_decoder_crash_or_hang_costs_only_that_video(tmp_path, video_qa):
         crashed = d.decode(VideoRef(str(fifo)), VideoDecodeParams(timeout_s=30))
         assert crashed["status"] == ERROR and crashed["reason"].startswith("video_decoder_crashed: killed by SIGSEGV")
         assert d.decode(good, VideoDecodeParams())["status"] == KEPT
-        assert d.stats == {"requests": 5, "starts": 3, "crashes": 1, "timeouts": 1}
+        assert d.stats == {"requests": 5, "starts": 3, "crashes": 1, "timeouts": 1, "out_of_memory": 0}
 
 
 def test_file_signatures_that_are_not_videos(video_qa):

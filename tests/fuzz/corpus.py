@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .hostile import (Member, gif_bomb, json_bomb, mp4_variants, png_bomb, real_jpeg, real_png, tar_bytes,
-                      tiny_mp4)
+from .hostile import (Member, gif_bomb, gzip_bomb_tar, json_bomb, mp4_variants, png_bomb, real_jpeg, real_png,
+                      tar_bytes, tiny_mp4)
 
 MAX_MEMBER = 1 << 20
 KEPT, DROPPED, ERROR = "kept", "dropped", "error"
@@ -34,6 +34,7 @@ def build_corpus(root: Path) -> tuple[Path, dict[str, dict[str, tuple[str, tuple
     expect: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {}
     jpg, png = real_jpeg((64, 48), 1), real_png((64, 48), 2)
     cut_jpg, cut_png = jpg[: len(jpg) // 2], png[: len(png) // 2]
+    cut_png_tail = png[:-20]  # inside its last IDAT: Pillow decodes it, blank rows filled in
     bomb = png_bomb(60_000, 60_000)
 
     # -- ingest: WebDataset tar ----------------------------------------------------------------------
@@ -52,19 +53,24 @@ def build_corpus(root: Path) -> tuple[Path, dict[str, dict[str, tuple[str, tuple
                + [Member("bomb_json.jpg", data=jpg), Member("bomb_json.json", data=json_bomb(100_000))]
                + [Member("surrogate.jpg", data=png), Member("surrogate.json", data=b'{"caption": "\\ud800"}')]
                + sample("pngbomb", bomb, "png") + sample("gifbomb", gif_bomb(65_535, 65_535), "gif")
-               + sample("cutjpg", cut_jpg) + sample("cutpng", cut_png, "png"))
+               + sample("cutjpg", cut_jpg) + sample("cutpng", cut_png, "png") + sample("cutpngtail", cut_png_tail, "png"))
     (src / "tars").mkdir(parents=True)
     (src / "tars" / "shard-0.tar").write_bytes(tar_bytes(members))
+    # a gzip bomb named .tar: 16 MiB of zero members in ~20 KB; its budget (200x) ends inside the first
+    gzip_bomb_tar(src / "tars" / "shard-1.tar", sample("gz_ok", jpg), members=4, member_bytes=4 << 20)
     expect["ingest_tar"] = {
         "ok1": (KEPT, ()), "ok2": (KEPT, ()), f"{root}/abs": (ERROR, ("absolute",)), "../dotdot": (ERROR, ("'..'",)),
         "link": (ERROR, ("symlink",)), "hard": (ERROR, ("hard link",)), "dev": (ERROR, ("device",)),
         "fifo": (ERROR, ("fifo",)), "dup": (ERROR, ("duplicate",)), "huge": (ERROR, ("max_member_bytes",)),
         "badutf8": (ERROR, ("UTF-8",)), "bomb_json": (ERROR, ("bad_json",)), "surrogate": (ERROR, ("Unicode",)),
         "pngbomb": (KEPT, ()), "gifbomb": (KEPT, ()), "cutjpg": (KEPT, ()), "cutpng": (KEPT, ()),
+        "cutpngtail": (KEPT, ()),
+        "gz_ok": (KEPT, ()), "z00000": (ERROR, ("decompression budget",)), "shard-1.tar#unreadable": (ERROR, ("tar_bomb",)),
     }
     decode = {"ok1": (KEPT, ()), "ok2": (KEPT, ()), "pngbomb": (DROPPED, ("decompression_bomb",)),
               "gifbomb": (DROPPED, ("decompression_bomb",)), "cutjpg": (ERROR, ("corrupt_image",)),
-              "cutpng": (ERROR, ("corrupt_image",))}
+              "cutpng": (ERROR, ("corrupt_image",)), "cutpngtail": (ERROR, ("corrupt_image: truncated PNG",)),
+              "gz_ok": (KEPT, ())}
 
     # -- ingest: images + JSONL ---------------------------------------------------------------------------
     jl = src / "jsonl"

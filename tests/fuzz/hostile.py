@@ -125,6 +125,22 @@ def sparse_huge_tar(path: Path, size: int, name: str = "huge.jpg") -> Path:
     return path
 
 
+def gzip_bomb_tar(path: Path, first: list[Member], members: int, member_bytes: int) -> Path:
+    """A gzip-compressed tar: the ``first`` members (real samples), then ``members`` members of
+    ``member_bytes`` zeros each (``zNNNNN.jpg``), written as one gzip stream without holding the
+    raw tar in memory: 400 members of 512 KiB (200 MiB raw) compress to ~220 KB."""
+    z, zeros = zlib.compressobj(9, zlib.DEFLATED, 31), bytes(member_bytes)  # wbits 31: a gzip wrapper
+    head = tar_bytes(first) if first else b""
+    with open(path, "wb") as f:
+        f.write(z.compress(head[:end_of_members(head)] if first else b""))  # without its end-of-archive
+        for i in range(members):
+            info = tarfile.TarInfo(f"z{i:05d}.jpg")
+            info.size, info.mtime = member_bytes, 1_700_000_000
+            f.write(z.compress(info.tobuf(format=tarfile.GNU_FORMAT) + zeros + bytes(-member_bytes % 512)))
+        f.write(z.compress(bytes(2 * 512)) + z.flush())  # the end-of-archive blocks
+    return path
+
+
 # -- JSON -----------------------------------------------------------------------------------------------
 
 
@@ -154,6 +170,26 @@ def real_png(size=(64, 48), seed: int = 0) -> bytes:
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png_chunk_spans(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, first byte, end) of each chunk of a whole PNG, in file order."""
+    spans, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        spans.append((data[pos + 4:pos + 8], pos, pos + 12 + length))
+        pos += 12 + length
+    return spans
+
+
+def rechunk_png(data: bytes, idat_size: int) -> bytes:
+    """The same PNG with its compressed pixels split into IDAT chunks of ``idat_size`` bytes (as
+    encoders that stream do), so its last IDAT chunk is small."""
+    spans = png_chunk_spans(data)
+    pixels = b"".join(data[s + 8:e - 4] for kind, s, e in spans if kind == b"IDAT")
+    head = b"".join(data[s:e] for kind, s, e in spans if kind not in (b"IDAT", b"IEND"))
+    idats = b"".join(_png_chunk(b"IDAT", pixels[i:i + idat_size]) for i in range(0, len(pixels), idat_size))
+    return data[:8] + head + idats + _png_chunk(b"IEND", b"")
 
 
 def png_bomb(width: int, height: int, full: bool = False, rgb: bool = True) -> bytes:

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from stages.base import DROPPED, ERROR, KEPT
 from stages.decode import DecodeParams, DecodeStage
 
-from .hostile import gif_bomb, jpeg_bomb, peak_rss_mb, png_bomb, real_jpeg, real_png, reset_peak_rss
+from instructions.rules import image_problem
+
+from .hostile import (gif_bomb, jpeg_bomb, peak_rss_mb, png_bomb, png_chunk_spans, real_jpeg, real_png, rechunk_png,
+                      reset_peak_rss)
 
 JPEG, PNG = real_jpeg((96, 64)), real_png((96, 64))
 
@@ -65,12 +68,43 @@ def test_a_small_max_pixels_refuses_a_real_image_before_decoding_it():
     assert out.loc[0, "status"] == DROPPED and out.loc[0, "reason"] == "decompression_bomb: 3000x3000 > max_pixels 1000000"
 
 
-@given(which=st.sampled_from(["jpeg", "png"]), cut=st.floats(0.0, 0.97))
+@given(which=st.sampled_from(["jpeg", "png"]), cut=st.floats(0.0, 1.0))
 def test_an_image_cut_anywhere_is_an_error_row_naming_the_damage(which, cut):
     data = JPEG if which == "jpeg" else PNG
-    (r,) = decode([data[: int(len(data) * cut)]]).to_dict("records")
+    (r,) = decode([data[: min(int(len(data) * cut), len(data) - 1)]]).to_dict("records")  # up to its last byte
     assert r["status"] == ERROR, r
     assert r["reason"].startswith("corrupt_image"), r["reason"]
+
+
+def test_a_png_cut_at_every_byte_of_its_last_idat_chunk_is_an_error_row_never_kept():
+    # Pillow loads these (the zlib stream ends early; the rows it lacks come out blank), so the
+    # chunk stream is what must be checked: length, type and CRC of each chunk, up to IEND.
+    png = rechunk_png(real_png((96, 64), seed=3), idat_size=1024)
+    spans = png_chunk_spans(png)
+    (idat, last_idat, idat_end), (iend, _, end) = spans[-2], spans[-1]
+    assert (idat, iend, end) == (b"IDAT", b"IEND", len(png)) and spans[-3][0] == b"IDAT"
+    cuts = list(range(last_idat, len(png)))
+    out = decode([png[:c] for c in cuts])
+    for cut, r in zip(cuts, out.to_dict("records")):
+        assert r["status"] == ERROR, (cut, r)
+        assert r["reason"].startswith("corrupt_image: truncated PNG: ends "), (cut, r["reason"])
+        assert r["reason"].endswith("(no complete IEND chunk)"), (cut, r["reason"])
+    assert out.loc[0, "reason"] == f"corrupt_image: truncated PNG: ends after the IDAT chunk at byte {last_idat} (no complete IEND chunk)"
+    assert out.loc[100, "reason"] == (f"corrupt_image: truncated PNG: ends inside IDAT chunk at byte {last_idat + 100} "
+                                      f"of {idat_end} (no complete IEND chunk)")
+    # the instruction rules' image check (instruction_validate) refuses them the same way
+    for cut in cuts[:: max(1, len(cuts) // 40)] + [len(png) - 1]:
+        assert image_problem(png[:cut], 16).startswith("does not decode (truncated PNG"), cut
+    assert image_problem(png, 16) is None and decode([png]).loc[0, "status"] == KEPT
+
+
+def test_a_png_with_bytes_after_iend_is_kept_and_one_failing_a_crc_is_an_error():
+    assert decode([PNG + b"\0 trailing bytes, as many files in the wild carry"]).loc[0, "status"] == KEPT
+    _, start, end = next(c for c in png_chunk_spans(PNG) if c[0] == b"IDAT")
+    flipped = bytearray(PNG)
+    flipped[end - 1] ^= 0x01  # the IDAT's CRC: Pillow never reads it
+    (r,) = decode([bytes(flipped)]).to_dict("records")
+    assert r["status"] == ERROR and r["reason"] == f"corrupt_image: damaged PNG: IDAT chunk at byte {start} fails its CRC"
 
 
 @given(which=st.sampled_from(["jpeg", "png"]), flips=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(1, 255)),

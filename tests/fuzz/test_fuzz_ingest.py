@@ -10,13 +10,19 @@ Properties, for every generated input:
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
+import random
+import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +30,7 @@ from pipeline.config import SourceConfig
 from stages.base import DROPPED, ERROR, KEPT, STATUSES
 from stages.ingest import IngestParams, IngestStage
 
-from .hostile import (Member, arena, end_of_members, json_bomb, member_spans, peak_rss_mb, real_jpeg,
+from .hostile import (Member, arena, end_of_members, gzip_bomb_tar, json_bomb, member_spans, peak_rss_mb, real_jpeg,
                       reset_peak_rss, sparse_huge_tar, tar_bytes, tree)
 
 MAX_MEMBER = 1 << 20  # a JSON bomb of 100000 levels (<= 600 KB) fits: its depth is what is tested
@@ -305,3 +311,67 @@ def test_a_parquet_file_cut_or_flipped_is_error_rows_not_a_crash(tmp_path_factor
     for r in df.to_dict("records"):
         if r["status"] == ERROR:
             assert "parquet" in r["reason"].lower() or "UTF-8" in r["reason"], r["reason"]
+
+
+# -- compressed tars: gzip bombs -------------------------------------------------------------------------
+
+COMPRESSORS = {"gzip": lambda b: gzip.compress(b, 6), "bzip2": bz2.compress, "xz": lzma.compress}
+
+
+def test_a_gzip_bomb_tar_stops_at_its_expansion_budget_keeping_the_samples_before(tmp_path):
+    # 200 MiB of members, each under max_member_bytes, in ~220 KB of gzip named .tar
+    first = [m for i in range(3) for m in (Member(f"ok{i}.jpg", data=IMG + bytes([i])), Member(f"ok{i}.txt", data=b"c"))]
+    tar = gzip_bomb_tar(tmp_path / "bomb.tar", first, members=400, member_bytes=512 << 10)
+    size = tar.stat().st_size
+    assert size < 300_000 and (512 << 10) < MAX_MEMBER
+    t0 = time.monotonic()
+    df, _ = read_source(tar)  # the default max_tar_expansion: 200
+    seconds = time.monotonic() - t0
+    rows = df.to_dict("records")
+    assert [r["source_key"] for r in rows[:3]] == ["ok0", "ok1", "ok2"] and all(r["status"] == KEPT for r in rows[:3])
+    bomb = rows[-1]
+    assert bomb["source_key"] == "bomb.tar#unreadable" and bomb["status"] == ERROR
+    assert bomb["reason"].startswith(f"tar_bomb: gzip-compressed tar expands past max_tar_expansion=200 x its {size} "
+                                     "compressed bytes"), bomb["reason"]
+    zeros = rows[3:-1]  # the members read within the budget: 200 x ~220 KB = ~42 MiB of the 200 MiB
+    assert 40 < len(zeros) < 100 and all(r["source_key"].startswith("z") for r in zeros)
+    assert seconds < 5  # reading all 200 MiB takes ~5x longer
+
+
+@pytest.mark.parametrize("compression", list(COMPRESSORS))
+def test_a_compressed_tar_reads_like_the_plain_one_and_only_it_has_a_budget(tmp_path, compression):
+    # bytes that do not compress, as JPEGs (ingest does not decode them); the zeros compress ~1000x
+    samples = [m for i in range(20) for m in (Member(f"k{i}.jpg", data=random.Random(i).randbytes(2000)),
+                                               Member(f"k{i}.txt", data=b"c %d" % i))]
+    zeros = [Member(f"z{i}.jpg", data=bytes(512 << 10)) for i in range(2)]
+    plain = tar_bytes(samples + zeros)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "plain" / "s.tar").write_bytes(plain)
+    (tmp_path / "packed" / "s.tar").write_bytes(COMPRESSORS[compression](plain))
+    as_plain, _ = read_source(tmp_path / "plain", max_tar_expansion=1.0)
+    as_packed, _ = read_source(tmp_path / "packed")
+    assert len(as_plain) == 22 and (as_plain["status"] == KEPT).all()  # a plain tar is never budgeted
+    assert list(as_packed["sample_id"]) == list(as_plain["sample_id"])  # same rows, same ids (~27x: within 200x)
+    low, _ = read_source(tmp_path / "packed", max_tar_expansion=1.0)  # budget: 1 MiB (the floor)
+    assert low.iloc[-1]["reason"].startswith(f"tar_bomb: {compression}-compressed tar expands past"), low.iloc[-1]["reason"]
+    assert list(low["sample_id"][:20]) == list(as_plain["sample_id"][:20])  # the samples before it are kept
+
+
+@given(compression=st.sampled_from(list(COMPRESSORS)), where=st.floats(0.0, 1.0),
+       flips=st.lists(st.integers(0, 10 ** 6), max_size=3))
+def test_a_compressed_tar_cut_or_flipped_anywhere_is_rows_then_one_error_row(tmp_path_factory, compression, where, flips):
+    members = [m for i in range(4) for m in (Member(f"k{i}.jpg", data=IMG + bytes([i])), Member(f"k{i}.txt", data=b"c"))]
+    data = bytearray(COMPRESSORS[compression](tar_bytes(members)))
+    for pos in flips:
+        data[pos % len(data)] ^= 0x5A
+    with arena(tmp_path_factory.getbasetemp()) as root:
+        (root / "s.tar").write_bytes(bytes(data[: max(1, int(len(data) * where))]))
+        df, _ = read_source(root / "s.tar")  # never raises
+    records = df.to_dict("records")
+    broken = [r for r in records if r["source_key"] == "s.tar#unreadable"]
+    assert len(broken) <= 1 and all(r["reason"].startswith("corrupt_tar") for r in broken), broken
+    for r in records:
+        if r["status"] == KEPT:  # a flipped data byte goes unseen until the gzip/xz checksum at the end
+            assert r["source_key"] in {f"k{i}" for i in range(4)} and len(r["image"]) == len(IMG) + 1
+            assert r["image"].startswith(IMG) or (flips and broken), r["source_key"]

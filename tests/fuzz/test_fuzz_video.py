@@ -13,6 +13,7 @@ still prove that a clean sample reaches the video check while a hostile one neve
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from stages.base import DROPPED, ERROR, KEPT, STATUSES
 from stages.video import IsolatedDecoder, VideoDecodeParams, VideoRef
@@ -223,7 +225,7 @@ def decoder():
 
 PARAMS = VideoDecodeParams(num_frames=4, timeout_s=30)
 CLEAR = ("video_corrupt", "video_no_stream", "video_decode", "video_decoder_crashed", "video_decode_timeout",
-         "video_bad_timing", "video_not_video", "duration_s<", "duration_s>")
+         "video_decoder_out_of_memory", "video_bad_timing", "video_not_video", "duration_s<", "duration_s>")
 
 
 def _decode_file(decoder, tmp: Path, name: str, data: bytes) -> dict:
@@ -257,3 +259,62 @@ def test_an_mp4_lying_about_its_frames_or_rate_ends_with_a_clear_reason(tmp_path
             assert r["fps"] == r["fps"], "a NaN frame rate escaped into the row"
     # whatever happened, the decoder (or its replacement) still decodes a good video
     assert _decode_file(decoder, tmp_path, "good.mp4", good_mp4)["status"] == KEPT
+
+
+# -- the decoder's memory cap (max_memory_mb) ------------------------------------------------------------
+
+
+def test_a_lying_mp4_that_would_take_23_gb_is_an_out_of_memory_row_and_the_next_video_decodes(tmp_path, good_mp4):
+    # stts claims 10^9 frames: decord sizes its frame index by it (measured with no cap: ~23 GB of
+    # data memory reserved, the decode then "succeeds" on the 20 real frames)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a_lying.mp4").write_bytes(mp4_variants(good_mp4)["stts_frame_count_1e9"])
+    (tmp_path / "videos" / "b_good.mp4").write_bytes(good_mp4)
+    records = [{"id": f"q_{n}", "video": f"videos/{n}.mp4", "question": "What is shown?", "answer": "Coffee."}
+               for n in ("a_lying", "b_good")]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    df, stage = read_source(tmp_path, chunk_videos=2, decode={"num_frames": 4})  # one unit, one decoder
+
+    assert VideoDecodeParams().max_memory_mb == 4096
+    lying, good = df.to_dict("records")
+    assert lying["source_key"] == "videos/a_lying.mp4#q_a_lying" and lying["status"] == ERROR
+    assert lying["reason"].startswith("video_decoder_out_of_memory: over max_memory_mb=4096; decoder restarted"), lying["reason"]
+    assert good["source_key"] == "videos/b_good.mp4#q_b_good" and good["status"] == KEPT and good["num_frames"] == 4
+    assert stage.decoder_stats["out_of_memory"] == 1 and stage.decoder_stats["starts"] == 2  # a fresh decoder for b_good
+
+
+def test_a_real_4k_decode_over_a_tight_cap_fails_cleanly_and_the_decoder_goes_on(tmp_path, good_mp4):
+    from pipeline.video_data import make_video, photo
+
+    big = make_video(tmp_path / "uhd.mp4", photo("astronaut"), seconds=2, fps=8, size=(3840, 2160), preset="ultrafast")
+    (tmp_path / "good.mp4").write_bytes(good_mp4)
+    # 16 full 4K frames in one get_batch: ~400 MB in decord and as much again as numpy (~1 GB measured)
+    tight = VideoDecodeParams(num_frames=16, frames_per_call=16, max_memory_mb=448, timeout_s=30)
+    with IsolatedDecoder() as d:
+        r = d.decode(VideoRef(str(big)), tight)
+        assert r["status"] == ERROR, r
+        assert r["reason"].startswith("video_decoder_out_of_memory: over max_memory_mb=448; decoder restarted"), r["reason"]
+        small = d.decode(VideoRef(str(tmp_path / "good.mp4")), tight)
+        assert small["status"] == KEPT and small["peak_data_mb"] < 448
+        assert d.stats["out_of_memory"] == 1 and d.stats["starts"] == 2
+        uncapped = d.decode(VideoRef(str(big)), tight.model_copy(update={"max_memory_mb": None}))
+    assert uncapped["status"] == KEPT and uncapped["peak_data_mb"] > 448  # the cap was all that failed it
+
+
+def test_max_memory_mb_is_validated():
+    with pytest.raises(ValidationError, match="max_memory_mb"):
+        VideoDecodeParams(max_memory_mb=100)  # the idle decoder alone holds ~170 MB
+    with pytest.raises(ValidationError, match="max_memory_mb"):
+        VideoIngestParams(source="v", decode={"max_memory_mb": 0})
+    assert VideoDecodeParams(max_memory_mb=None).max_memory_mb is None
+
+
+def test_a_compressed_video_tar_is_one_corrupt_tar_row_and_never_decompressed(tmp_path, good_mp4):
+    # video members are decoded in place (a byte range of the tar), so video tars are never decompressed
+    plain = tar_bytes([Member("clip.mp4", data=good_mp4), Member("clip.json", data=b'{"question": "Q?", "answer": "A."}')])
+    (tmp_path / "clips.tar").write_bytes(gzip.compress(plain))
+    df, stage = read_source(tmp_path)
+    (r,) = df.to_dict("records")
+    assert r["status"] == ERROR and r["reason"].startswith("corrupt_tar"), r["reason"]
+    assert stage.decoder_stats.get("starts", 0) == 0
