@@ -47,7 +47,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def test_sigkill_mid_stage_then_rerun_gives_the_same_shards(ray_local, tmp_path):
     from pipeline.demo_data import build_demo
 
-    data = build_demo(tmp_path / "input", repeat=12)  # 240 rows -> 60 chunks of 4
+    data = build_demo(tmp_path / "input", repeat=6)  # 120 rows -> 30 chunks of 4
     config = tmp_path / "resume.yaml"
     config.write_text(textwrap.dedent(CONFIG.format(input=data)))
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
@@ -75,14 +75,14 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_shards(ray_local, tmp_path)
     finally:
         _kill_group(second)
     log = (tmp_path / "second.log").read_text()
-    assert "decode: resuming," in log and "of 60 chunks already committed" in log
+    assert "decode: resuming," in log and "of 30 chunks already committed" in log
 
     run_config(config, reference_dir)  # the same pipeline, never interrupted
     got = pd.read_parquet(killed_dir / "shards" / "index.parquet")
     want = pd.read_parquet(reference_dir / "shards" / "index.parquet")
     assert got["sample_id"].is_unique
     assert sorted(got["sample_id"]) == sorted(want["sample_id"])
-    assert len(got) == 240 - 12 * 4  # per 20 demo rows: bad JSON, missing file, 16 px thumbnail, truncated JPEG
+    assert len(got) == 120 - 6 * 4  # per 20 demo rows: bad JSON, missing file, 16 px thumbnail, truncated JPEG
     for tar in sorted((reference_dir / "shards").glob("*.tar")):
         assert (killed_dir / "shards" / tar.name).read_bytes() == tar.read_bytes(), tar.name
     assert assert_conservation(killed_dir) == assert_conservation(reference_dir)
