@@ -173,14 +173,7 @@ class IngestStage(Stage):
             files = [path] if not storage.is_dir(path) else [i.path for i in storage.list_files(path, ".jsonl")]
             units = []
             for f in files:
-                data = storage.read_bytes(f)
-                offsets, line = [0], 0
-                for i, b in enumerate(data):
-                    if b == 10:
-                        line += 1
-                        if line % self.params.chunk_rows == 0 and i + 1 < len(data):
-                            offsets.append(i + 1)
-                offsets.append(len(data))
+                offsets = storage.line_chunk_offsets(f, self.params.chunk_rows)
                 for k in range(len(offsets) - 1):
                     units.append({**base, "path": f, "start": offsets[k], "end": offsets[k + 1],
                                   "first_line": k * self.params.chunk_rows + 1, "rows": self.params.chunk_rows,

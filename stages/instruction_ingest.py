@@ -83,14 +83,7 @@ class InstructionIngestStage(Stage):
             low = f.lower()
             base = {"source": self.params.source, "path": f}
             if low.endswith(".jsonl"):
-                data = storage.read_bytes(f)
-                offsets, line = [0], 0
-                for i, b in enumerate(data):
-                    if b == 10:
-                        line += 1
-                        if line % n == 0 and i + 1 < len(data):
-                            offsets.append(i + 1)
-                offsets.append(len(data))
+                offsets = storage.line_chunk_offsets(f, n)
                 for k in range(len(offsets) - 1):
                     units.append({**base, "kind": "jsonl", "start": offsets[k], "end": offsets[k + 1],
                                   "first": k * n + 1, "rows": n, "label": f"{os.path.basename(f)}:{k * n + 1}"})

@@ -866,3 +866,23 @@ def test_list_units_on_empty_folder_raises_naming_the_path(tmp_path):
     stage = IngestStage(IngestParams(source="src"), "ingest")
     with pytest.raises(ValueError, match="empty"):
         stage.list_units({"src": SourceConfig(path=str(tmp_path / "empty"))})
+
+
+@pytest.mark.parametrize("lines_per_chunk", [1, 2, 3, 7, 1000])
+@pytest.mark.parametrize("text", [b"", b"a", b"a\n", b"a\nb", b"a\nb\n", b"\n\n\n\n", b"x\n" * 50, b"x\n" * 49 + b"tail"])
+def test_jsonl_chunk_offsets_cut_after_every_nth_line_whatever_the_read_blocks(tmp_path, text, lines_per_chunk):
+    """The driver lists a JSONL's chunks by streaming it (blocks of a few MiB); read in blocks of
+    1, 3 or 64 bytes, the cuts must be where a byte-by-byte count puts them."""
+    from pipeline import storage
+
+    f = tmp_path / "x.jsonl"
+    f.write_bytes(text)
+    want, line = [0], 0
+    for i, b in enumerate(text):
+        if b == 10:
+            line += 1
+            if line % lines_per_chunk == 0 and i + 1 < len(text):
+                want.append(i + 1)
+    want.append(len(text))
+    for block in (1, 3, 64, 1 << 22):
+        assert storage.line_chunk_offsets(str(f), lines_per_chunk, block_bytes=block) == want, block
