@@ -5,11 +5,13 @@ stage that decided a non-kept status in ``_decided_at``. For stage *i* of the
 segment, a row entered it when it was decided at *i* or later (or never), and
 its status there is its final status when decided at *i*, else ``kept``. So
 manifests need no extra bookkeeping while rows stream, and are written here,
-one fragment at a time, with flat memory.
+one fragment at a time, with flat memory (pipeline/parquet_sink.py coalesces
+the fragments into large row groups, so even the Parquet footer stays small).
 """
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import ExitStack
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from manifests.schema import MANIFEST_BASE
 from pipeline import storage
+from pipeline.parquet_sink import ParquetSink
 from stages.base import CHUNK_COLUMN, DECIDED_AT_COLUMN, DROPPED, ERROR, KEPT
 
 
@@ -49,13 +52,15 @@ def write_segment_manifests(
     Returns counts per stage and, from the same single read of the fragments, the rows each
     chunk kept at the end of the segment (what the next segment must see)."""
     counts: dict[str, dict] = {}
-    writers: dict[str, tuple] = {}
+    sinks = {s: ParquetSink(manifest_uri(run_dir, s)) for s in stage_names}
     tallies = {s: Counter() for s in stage_names}
     reasons = {s: Counter() for s in stage_names}
     sources = {s: Counter() for s in stage_names}
     kept_by_chunk: Counter = Counter()
     wanted = set(MANIFEST_BASE) | {DECIDED_AT_COLUMN, CHUNK_COLUMN} | {c for cs in extra_columns.values() for c in cs}
-    try:
+    with ExitStack() as stack:
+        for sink in sinks.values():
+            stack.enter_context(sink)
         for uri in fragment_uris:
             fs, path = storage.resolve(uri)
             schema_names = pq.read_schema(path, filesystem=fs).names
@@ -64,26 +69,17 @@ def write_segment_manifests(
                 kept_by_chunk[chunk] += st == KEPT
             for i, stage in enumerate(stage_names):
                 view = _stage_view(table, stage_names, i, extra_columns.get(stage, []))
-                if view.num_rows == 0 and stage in writers:
+                if view.num_rows == 0 and sinks[stage].used:
                     continue
-                if stage not in writers:
-                    out = manifest_uri(run_dir, stage)
-                    stream = storage.open_output_atomic(out)
-                    handle = stream.__enter__()
-                    writers[stage] = (stream, pq.ParquetWriter(handle, view.schema))
-                writers[stage][1].write_table(view)
+                sinks[stage].write(view)
                 for st, src, rs in zip(view.column("status").to_pylist(), view.column("source").to_pylist(),
                                        view.column("reason").to_pylist()):
                     tallies[stage][st] += 1
                     sources[stage][(src, st)] += 1
                     if st != KEPT and rs:
                         reasons[stage][reason_key(rs)] += 1
-    finally:
-        for stream, writer in writers.values():
-            writer.close()
-            stream.__exit__(None, None, None)
     for stage in stage_names:
-        if stage not in writers:  # nothing entered: still write an empty manifest
+        if not sinks[stage].used:  # nothing entered: still write an empty manifest
             storage.write_parquet(manifest_uri(run_dir, stage), pa.table({c: pa.array([], pa.string()) for c in MANIFEST_BASE}))
         t = tallies[stage]
         counts[stage] = {
@@ -96,8 +92,8 @@ def write_segment_manifests(
 
 def write_sink_manifest(run_dir: str, stage: str, part_uris: list[str]) -> dict:
     """A sink (shard) writes index parts of the rows it wrote; every one of them was kept."""
-    writer, stream, n, src = None, None, 0, Counter()
-    try:
+    src: Counter = Counter()
+    with ParquetSink(manifest_uri(run_dir, stage)) as sink:
         for uri in part_uris:
             fs, path = storage.resolve(uri)
             t = pq.read_table(path, filesystem=fs)
@@ -106,18 +102,10 @@ def write_sink_manifest(run_dir: str, stage: str, part_uris: list[str]) -> dict:
             cols["reason"] = pa.nulls(t.num_rows, pa.string())
             for c in t.column_names:
                 cols.setdefault(c, t.column(c))
-            view = pa.table(cols)
-            if writer is None:
-                stream = storage.open_output_atomic(manifest_uri(run_dir, stage))
-                writer = pq.ParquetWriter(stream.__enter__(), view.schema)
-            writer.write_table(view)
-            n += t.num_rows
+            sink.write(pa.table(cols))
             src.update((s, KEPT) for s in t.column("source").to_pylist())
-    finally:
-        if writer is not None:
-            writer.close()
-            stream.__exit__(None, None, None)
-    if writer is None:
+    n = sink.rows
+    if not sink.used:
         storage.write_parquet(manifest_uri(run_dir, stage), pa.table({c: pa.array([], pa.string()) for c in MANIFEST_BASE}))
     return {"in": n, KEPT: n, DROPPED: 0, ERROR: 0, "reasons": {}, "sources": _by_source(src)}
 
