@@ -28,6 +28,7 @@ from pipeline import actor_timing, cluster_fit, storage
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
+from pipeline.remote_call import off_driver
 from pipeline.graph import Plan, Segment, build_plan
 from stages.base import CHUNK_COLUMN, DROPPED, ERROR, KEPT, RUNNER_COLUMNS, StageContext, is_media_type
 
@@ -353,7 +354,7 @@ class Runner:
         fragments = ckpt.fragments()
         stage_names = [n.name for n in seg.nodes]
         extra = {n.name: _manifest_extra(n) for n in seg.nodes}
-        stage_counts, chunk_kept = write_segment_manifests(self.run_dir, [f.uri for f in fragments], stage_names, extra)
+        stage_counts, chunk_kept = off_driver(write_segment_manifests, self.run_dir, [f.uri for f in fragments], stage_names, extra)
         _check_conservation(seg, stage_counts, sum(expected.values()))
         ckpt.finish({
             "fingerprint": seg.end.fingerprint,
@@ -400,7 +401,7 @@ class Runner:
         stage = node.make_stage(self._context(node.name))
         if node.stage_cls.sink:
             parts = stage.run_global(ds, self.run_dir, self.config.seed, resumed, self.options.log)
-            counts = {node.name: write_sink_manifest(self.run_dir, node.name, parts)}
+            counts = {node.name: off_driver(write_sink_manifest, self.run_dir, node.name, parts)}
             _check_conservation(seg, counts, sum(expected.values()))
             stats = dict(getattr(stage, "run_stats", None) or {})
             ckpt.finish({

@@ -34,6 +34,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import storage
+from pipeline.remote_call import off_driver
 from stages.base import Params, Resources, Stage
 
 FORMAT = "sailcurate-instruction-jsonl/1"
@@ -131,7 +132,6 @@ class InstructionExportStage(Stage):
 
     def run_global(self, ds, run_dir: str, seed: int, resume: bool, log: Callable[[str], None]) -> list[str]:
         """Returns the index part URIs, from which the runner writes this stage's manifest."""
-        import pyarrow.parquet as pq
         import ray
 
         from stages.shard import _add_order, _concat_parquet, write_files
@@ -148,14 +148,10 @@ class InstructionExportStage(Stage):
         total, n_files = write_files(refs, p.samples_per_file, lambda i: f"{p.corpus}-{i:06d}.jsonl", out_dir, writer,
                                      p.model_dump(mode="json"), f"{self.name}: ", "files", log)
         parts = [storage.join(out_dir, "_index", f"{i:06d}.parquet") for i in range(n_files)]
-        self._remove_stale(out_dir, p.corpus, n_files, parts)
-        files, turns = [], 0
-        for i, part in enumerate(parts):
-            fs, path = storage.resolve(part)
-            t = pq.read_table(path, filesystem=fs, columns=["turns"])
-            turns += sum(t.column("turns").to_pylist())
-            files.append({"name": f"{p.corpus}-{i:06d}.jsonl", "samples": t.num_rows})
-        _concat_parquet(parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA)
+        off_driver(self._remove_stale, out_dir, p.corpus, n_files, parts)  # reads every part: a task
+        # Reading every index part is data work: a task's, not the driver's (pipeline/remote_call.py).
+        files, turns = off_driver(_files_and_turns, parts, p.corpus)
+        off_driver(_concat_parquet, parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA)
         storage.write_json(storage.join(out_dir, "instructions.json"), {
             "format": FORMAT, "corpus": p.corpus, "origin": p.origin, "samples_per_file": p.samples_per_file,
             "seed": seed, "total_samples": total, "total_turns": turns, "num_files": n_files, "files": files,
@@ -183,3 +179,16 @@ class InstructionExportStage(Stage):
         for info in storage.list_files(storage.join(out_dir, "images")):
             if f"images/{info.base_name}" not in used:
                 storage.remove(storage.join(out_dir, "images", info.base_name))
+
+
+def _files_and_turns(parts: list[str], corpus: str) -> tuple[list[dict], int]:
+    """instructions.json's file list and the total turns, from the per-file index parts."""
+    import pyarrow.parquet as pq
+
+    files, turns = [], 0
+    for i, part in enumerate(parts):
+        fs, path = storage.resolve(part)
+        t = pq.read_table(path, filesystem=fs, columns=["turns"])
+        turns += sum(t.column("turns").to_pylist())
+        files.append({"name": f"{corpus}-{i:06d}.jsonl", "samples": t.num_rows})
+    return files, turns
