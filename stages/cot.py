@@ -435,11 +435,23 @@ def _keys_where(table: pa.Table, which: str, cot_cut: int | None) -> pa.Table:
 
 
 def _nth_smallest(ds, which: str, cot_cut: int | None, n: int) -> int | None:
+    """The n-th smallest selection key, found in a task: every candidate's key passes through it
+    (8 bytes a row), which the driver, whose memory must not grow with the rows, must not hold."""
+    import ray
+
     if n <= 0:
         return None
-    keys = np.sort(ds.map_batches(_keys_where, fn_args=(which, cot_cut), batch_format="pyarrow",
-                                  batch_size=None).to_pandas()["k"].to_numpy())
-    return int(keys[min(n, len(keys)) - 1]) if len(keys) else None
+    refs = ds.map_batches(_keys_where, fn_args=(which, cot_cut), batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    return ray.get(ray.remote(num_cpus=1)(_nth_smallest_key).remote(n, *refs))
+
+
+def _nth_smallest_key(n: int, *tables: pa.Table) -> int | None:
+    # A block left with no rows may come back without columns.
+    keys = np.concatenate([t.column("k").to_numpy() for t in tables if "k" in t.column_names] or [np.empty(0, np.int64)])
+    if not len(keys):
+        return None
+    i = min(n, len(keys)) - 1
+    return int(np.partition(keys, i)[i])
 
 
 def _finish_rows(table: pa.Table, cot_cut: int | None, direct_cut: int | None, fusion: dict, stage: str) -> pa.Table:

@@ -315,3 +315,26 @@ def test_water_filling_cap():
     assert water_fill_cap([10, 3, 1], 9) == 5          # 5 + 3 + 1
     assert water_fill_cap([10, 3, 1], 100) == 10       # all rows
     assert water_fill_cap([4, 4], 1) == 1 and water_fill_cap([], 5) == 0
+
+
+def test_fusion_cuts_are_the_nth_smallest_keys_over_all_blocks(ray_local):
+    """cot_route picks the CoT and direct rows of think-fusion by the n-th smallest hash key; the
+    keys are gathered in a task, never on the driver. Checked against a plain sort."""
+    import numpy as np
+    import pyarrow as pa
+    import ray.data as rd
+
+    from stages.cot import _nth_smallest
+
+    rng = np.random.default_rng(7)
+    keys = rng.integers(-2**62, 2**62, size=900)
+    lc = rng.random(900) < 0.4
+    blocks = [pa.table({"_route_key": keys[i:i + 100], "split_longcot": lc[i:i + 100]}) for i in range(0, 900, 100)]
+    ds = rd.from_arrow(blocks)
+    cot = np.sort(keys[lc])
+    assert _nth_smallest(ds, "cot", None, 25) == cot[24]
+    assert _nth_smallest(ds, "cot", None, 10**6) == cot[-1]  # more than there are: the largest
+    direct = np.sort(keys[~(lc & (keys <= cot[24]))])
+    assert _nth_smallest(ds, "direct", int(cot[24]), 300) == direct[299]
+    assert _nth_smallest(ds, "cot", None, 0) is None
+    assert _nth_smallest(rd.from_arrow([blocks[0].slice(0, 0)]), "cot", None, 5) is None
