@@ -26,7 +26,6 @@ files. Samples are multi-turn: all supported pairs of one image form one convers
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Callable
 
@@ -102,16 +101,6 @@ def write_file(index: int, name: str, out_dir: str, pieces: list[tuple[int, int]
     return {"index": index, "name": name, "samples": len(rows)}
 
 
-def _sorted_refs(ds, total: int, rows_per_part: int) -> list:
-    """Blocks sorted by ``_order``, about one output file per partition. The keys are uniform
-    63-bit hashes, so fixed boundaries split them evenly without sampling, and the sort runs as
-    many reduce tasks as there are files (Ray's default is one per input block, 200 on a read)."""
-    parts = max(1, math.ceil(total / rows_per_part))
-    step = (1 << 63) // parts
-    boundaries = [step * i for i in range(1, parts)] or [(1 << 63) - 1]
-    return ds.sort("_order", boundaries=boundaries).to_arrow_refs()
-
-
 class InstructionExportStage(Stage):
     kind = "instruction_export"
     mode = "global"
@@ -134,7 +123,7 @@ class InstructionExportStage(Stage):
         """Returns the index part URIs, from which the runner writes this stage's manifest."""
         import ray
 
-        from stages.shard import _add_order, _concat_parquet, write_files
+        from stages.shard import _add_order, _concat_parquet, sort_by_order, write_files
 
         p = self.params
         out_dir = storage.join(run_dir, "instructions", p.corpus)
@@ -142,8 +131,8 @@ class InstructionExportStage(Stage):
             storage.rmtree(out_dir)
         storage.makedirs(storage.join(out_dir, "_index"))
         seed = p.seed if p.seed is not None else seed
-        ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None).materialize()
-        refs = _sorted_refs(ds, ds.count(), p.samples_per_file)
+        ds = ds.map_batches(_add_order, fn_args=(seed,), batch_format="pyarrow", batch_size=None)
+        refs = sort_by_order(ds, p.samples_per_file)
         writer = ray.remote(num_cpus=self.default_resources.num_cpus)(write_file)
         total, n_files = write_files(refs, p.samples_per_file, lambda i: f"{p.corpus}-{i:06d}.jsonl", out_dir, writer,
                                      p.model_dump(mode="json"), f"{self.name}: ", "files", log)

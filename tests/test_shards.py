@@ -104,3 +104,29 @@ def test_files_take_consecutive_rows_of_the_ordered_blocks(counts, per_file, dat
         assert len(pieces) == len(blocks) and all(counts[b] > 0 for b in blocks)
         got[i] = [(b, r) for (lo, hi), b in zip(pieces, blocks) for r in range(lo, hi)]
     assert got == {i: rows[i * per_file:(i + 1) * per_file] for i in range(n_files) if i not in skip}
+
+
+def test_the_shard_sort_has_few_partitions_and_one_order_whatever_the_blocks(ray_local, monkeypatch):
+    """Ray's default sort makes blocks x blocks pieces; ours cuts the uniform keys at fixed
+    boundaries into partitions of about PARTITION_BYTES, never more than one per file."""
+    import numpy as np
+    import pyarrow as pa
+    import ray
+    import ray.data as rd
+
+    import stages.shard as shard
+
+    keys = np.random.default_rng(3).integers(0, 2**63 - 1, size=2000)
+    table = pa.table({"_order": keys, "sample_id": [f"s{i}" for i in range(2000)]})
+    outs = []
+    for blocks, partition_bytes in ((40, 1 << 30), (7, 4096)):
+        monkeypatch.setattr(shard, "PARTITION_BYTES", partition_bytes)
+        ds = rd.from_arrow([table.slice(i, 2000 // blocks) for i in range(0, 2000, 2000 // blocks)])
+        refs = shard.sort_by_order(ds, rows_per_file=10)
+        parts = [t for t in ray.get(refs) if t.num_rows]
+        outs.append(pa.concat_tables(parts).column("_order").to_pylist())
+        if partition_bytes == 1 << 30:
+            assert len(parts) == 1  # 40 input blocks, one partition: not 40 x 40 pieces
+        else:
+            assert 2 <= len(parts) <= 200  # bounded by the bytes, and by one per 10-row file
+    assert outs[0] == outs[1] == sorted(keys.tolist())
