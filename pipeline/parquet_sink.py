@@ -80,9 +80,6 @@ class ParquetSink:
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         self.row_groups += 1
 
-    def close(self) -> None:
-        self.__exit__(None, None, None)
-
     def __enter__(self) -> "ParquetSink":
         return self
 

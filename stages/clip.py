@@ -115,9 +115,9 @@ class ClipFilterStage(Stage):
             # Exact and deterministic: one task sees the one column (4 bytes a row) of every kept row.
             refs = ds.select_columns([p.column]).to_arrow_refs()
             q = 1.0 - p.top_percent / 100.0
-            import ray  # only global stages need Ray itself; workers running map stages do not
+            from pipeline.remote_call import off_driver
 
-            cut = ray.get(ray.remote(num_cpus=1)(_exact_quantile).remote(q, *refs))
+            cut = off_driver(_exact_quantile, q, *refs, num_cpus=1)
             if cut is None:
                 cut = float("-inf")
             reason = f"{p.column}<p{format_number(100 - p.top_percent)}({cut:.4f})"

@@ -437,12 +437,12 @@ def _keys_where(table: pa.Table, which: str, cot_cut: int | None) -> pa.Table:
 def _nth_smallest(ds, which: str, cot_cut: int | None, n: int) -> int | None:
     """The n-th smallest selection key, found in a task: every candidate's key passes through it
     (8 bytes a row), which the driver, whose memory must not grow with the rows, must not hold."""
-    import ray
+    from pipeline.remote_call import off_driver
 
     if n <= 0:
         return None
     refs = ds.map_batches(_keys_where, fn_args=(which, cot_cut), batch_format="pyarrow", batch_size=None).to_arrow_refs()
-    return ray.get(ray.remote(num_cpus=1)(_nth_smallest_key).remote(n, *refs))
+    return off_driver(_nth_smallest_key, n, *refs, num_cpus=1)
 
 
 def _nth_smallest_key(n: int, *tables: pa.Table) -> int | None:

@@ -123,7 +123,7 @@ class InstructionExportStage(Stage):
         """Returns the index part URIs, from which the runner writes this stage's manifest."""
         import ray
 
-        from stages.shard import _add_order, _concat_parquet, sort_by_order, write_files
+        from stages.shard import _add_order, sort_by_order, write_files
 
         p = self.params
         out_dir = storage.join(run_dir, "instructions", p.corpus)
@@ -137,10 +137,8 @@ class InstructionExportStage(Stage):
         total, n_files = write_files(refs, p.samples_per_file, lambda i: f"{p.corpus}-{i:06d}.jsonl", out_dir, writer,
                                      p.model_dump(mode="json"), f"{self.name}: ", "files", log)
         parts = [storage.join(out_dir, "_index", f"{i:06d}.parquet") for i in range(n_files)]
-        off_driver(self._remove_stale, out_dir, p.corpus, n_files, parts)  # reads every part: a task
         # Reading every index part is data work: a task's, not the driver's (pipeline/remote_call.py).
-        files, turns = off_driver(_files_and_turns, parts, p.corpus)
-        off_driver(_concat_parquet, parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA)
+        files, turns = off_driver(_publish_index, out_dir, p.corpus, n_files, parts)
         storage.write_json(storage.join(out_dir, "instructions.json"), {
             "format": FORMAT, "corpus": p.corpus, "origin": p.origin, "samples_per_file": p.samples_per_file,
             "seed": seed, "total_samples": total, "total_turns": turns, "num_files": n_files, "files": files,
@@ -149,35 +147,30 @@ class InstructionExportStage(Stage):
         self.run_stats = {"samples": total, "turns": turns, "files": n_files}
         return parts
 
-    @staticmethod
-    def _remove_stale(out_dir: str, corpus: str, n_files: int, parts: list[str]) -> None:
-        """Files numbered past the end, and images no sample refers to, belong to an earlier run."""
-        import pyarrow.parquet as pq
 
-        for info in storage.list_files(out_dir, ".jsonl"):
-            m = re.fullmatch(rf"{re.escape(corpus)}-(\d+)\.jsonl", info.base_name)
-            if not m or int(m.group(1)) >= n_files:
-                storage.remove(storage.join(out_dir, info.base_name))
-        for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
-            if int(info.base_name.split(".")[0]) >= n_files:
-                storage.remove(storage.join(out_dir, "_index", info.base_name))
-        used = set()
-        for part in parts:
-            fs, path = storage.resolve(part)
-            used.update(x for x in pq.read_table(path, filesystem=fs, columns=["image"]).column("image").to_pylist() if x)
-        for info in storage.list_files(storage.join(out_dir, "images")):
-            if f"images/{info.base_name}" not in used:
-                storage.remove(storage.join(out_dir, "images", info.base_name))
+def _publish_index(out_dir: str, corpus: str, n_files: int, parts: list[str]) -> tuple[list[dict], int]:
+    """index.parquet, and instructions.json's file list and turn total, from one read of each
+    index part; files numbered past the end, and images no sample refers to, belong to an earlier
+    run and are removed. Runs off the driver: the images in use are a set as long as the corpus."""
+    from stages.shard import _concat_parquet
+
+    for info in storage.list_files(out_dir, ".jsonl"):
+        m = re.fullmatch(rf"{re.escape(corpus)}-(\d+)\.jsonl", info.base_name)
+        if not m or int(m.group(1)) >= n_files:
+            storage.remove(storage.join(out_dir, info.base_name))
+    for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
+        if int(info.base_name.split(".")[0]) >= n_files:
+            storage.remove(storage.join(out_dir, "_index", info.base_name))
+    summaries = _concat_parquet(parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA, _part_summary)
+    used = set().union(*(images for _, _, images in summaries))
+    for info in storage.list_files(storage.join(out_dir, "images")):
+        if f"images/{info.base_name}" not in used:
+            storage.remove(storage.join(out_dir, "images", info.base_name))
+    files = [{"name": f"{corpus}-{i:06d}.jsonl", "samples": rows} for i, (rows, _, _) in enumerate(summaries)]
+    return files, sum(turns for _, turns, _ in summaries)
 
 
-def _files_and_turns(parts: list[str], corpus: str) -> tuple[list[dict], int]:
-    """instructions.json's file list and the total turns, from the per-file index parts."""
-    import pyarrow.parquet as pq
-
-    files, turns = [], 0
-    for i, part in enumerate(parts):
-        fs, path = storage.resolve(part)
-        t = pq.read_table(path, filesystem=fs, columns=["turns"])
-        turns += sum(t.column("turns").to_pylist())
-        files.append({"name": f"{corpus}-{i:06d}.jsonl", "samples": t.num_rows})
-    return files, turns
+def _part_summary(table: pa.Table) -> tuple[int, int, set[str]]:
+    """(samples, turns, images referred to) of one file's index part."""
+    return (table.num_rows, sum(table.column("turns").to_pylist()),
+            {x for x in table.column("image").to_pylist() if x})

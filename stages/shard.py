@@ -314,19 +314,21 @@ def _num_rows(table: pa.Table) -> int:
     return table.num_rows
 
 
-def _concat_parquet(parts: list[str], out: str, schema: pa.Schema) -> list[int]:
+def _concat_parquet(parts: list[str], out: str, schema: pa.Schema,
+                    summarize: Callable[[pa.Table], Any] = _num_rows) -> list:
     """One index file from the per-file parts, in large row groups (pipeline/parquet_sink.py).
-    Returns the rows of each part. Runs off the driver (pipeline/remote_call.py)."""
+    Returns ``summarize`` of each part (its rows by default), from the same single read. Runs off
+    the driver (pipeline/remote_call.py)."""
     import pyarrow.parquet as pq
 
     from pipeline.parquet_sink import ParquetSink
 
-    rows = []
+    summaries = []
     with ParquetSink(out) as sink:
         sink.write(schema.empty_table())
         for part in parts:
             fs, path = storage.resolve(part)
             table = pq.read_table(path, filesystem=fs).cast(schema)
             sink.write(table)
-            rows.append(table.num_rows)
-    return rows
+            summaries.append(summarize(table))
+    return summaries
