@@ -152,15 +152,9 @@ def _publish_index(out_dir: str, corpus: str, n_files: int, parts: list[str]) ->
     """index.parquet, and instructions.json's file list and turn total, from one read of each
     index part; files numbered past the end, and images no sample refers to, belong to an earlier
     run and are removed. Runs off the driver: the images in use are a set as long as the corpus."""
-    from stages.shard import _concat_parquet
+    from stages.shard import _concat_parquet, remove_past_end
 
-    for info in storage.list_files(out_dir, ".jsonl"):
-        m = re.fullmatch(rf"{re.escape(corpus)}-(\d+)\.jsonl", info.base_name)
-        if not m or int(m.group(1)) >= n_files:
-            storage.remove(storage.join(out_dir, info.base_name))
-    for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
-        if int(info.base_name.split(".")[0]) >= n_files:
-            storage.remove(storage.join(out_dir, "_index", info.base_name))
+    remove_past_end(out_dir, corpus, ".jsonl", n_files)
     summaries = _concat_parquet(parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA, _part_summary)
     used = set().union(*(images for _, _, images in summaries))
     for info in storage.list_files(storage.join(out_dir, "images")):

@@ -291,14 +291,7 @@ class ShardStage(Stage):
         writer = ray.remote(num_cpus=self.default_resources.num_cpus)(self.writer)
         total, n_shards = write_files(refs, p.samples_per_shard, lambda i: f"{p.corpus}-{i:06d}.tar", out_dir, writer,
                                       p.model_dump(mode="json"), f"{self.name}: ", "shards", log)
-        # Shards numbered past the end belong to an earlier, larger run: remove them.
-        for info in storage.list_files(out_dir, ".tar"):
-            m = re.fullmatch(rf"{re.escape(p.corpus)}-(\d+)\.tar", info.base_name)
-            if not m or int(m.group(1)) >= n_shards:
-                storage.remove(storage.join(out_dir, info.base_name))
-        for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
-            if int(info.base_name.split(".")[0]) >= n_shards:
-                storage.remove(storage.join(out_dir, "_index", info.base_name))
+        remove_past_end(out_dir, p.corpus, ".tar", n_shards)
         parts = [storage.join(out_dir, "_index", f"{i:06d}.parquet") for i in range(n_shards)]
         samples = off_driver(_concat_parquet, parts, storage.join(out_dir, "index.parquet"), INDEX_SCHEMA)
         shard_list = [{"name": f"{p.corpus}-{i:06d}.tar", "samples": n} for i, n in enumerate(samples)]
@@ -308,6 +301,17 @@ class ShardStage(Stage):
             "index": "index.parquet", "member_suffixes": list(self.member_suffixes),
         })
         return parts
+
+
+def remove_past_end(out_dir: str, corpus: str, suffix: str, n_files: int) -> None:
+    """Files numbered past the end (and their index parts) belong to an earlier, larger run."""
+    for info in storage.list_files(out_dir, suffix):
+        m = re.fullmatch(rf"{re.escape(corpus)}-(\d+){re.escape(suffix)}", info.base_name)
+        if not m or int(m.group(1)) >= n_files:
+            storage.remove(storage.join(out_dir, info.base_name))
+    for info in storage.list_files(storage.join(out_dir, "_index"), ".parquet"):
+        if int(info.base_name.split(".")[0]) >= n_files:
+            storage.remove(storage.join(out_dir, "_index", info.base_name))
 
 
 def _num_rows(table: pa.Table) -> int:
