@@ -47,8 +47,12 @@ def export_judge_labels(run_dir: str, rubric: str, out_dir: str, stage: str | No
             ckpt = Checkpoint(run_dir, record["stages"][j]["segment"])
             for frag in ckpt.fragments():
                 fs, path = storage.resolve(frag.uri)
-                table = pq.read_table(path, filesystem=fs)
-                for row in table.to_pylist():
+                rows = pq.read_table(path, filesystem=fs).to_pylist()
+                if params.image_column:  # checkpoints hold image references (pipeline/media.py)
+                    from stages.shard import with_media
+
+                    with_media(rows, params.image_column)
+                for row in rows:
                     raw = json.loads(row.get("judge_raw") or "{}").get(name)
                     parsed = r.parse(raw, {f: row.get(c) or "" for f, c in params.fields.items()}) if raw else None
                     if parsed is None or parsed.error:

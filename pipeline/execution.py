@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pyarrow as pa
 
+from pipeline import media, storage
 from pipeline.checkpoint import Checkpoint
 from stages.base import (
     CHUNK_COLUMN, DECIDED_AT_COLUMN, ERROR, KEPT, Params, Stage, StageContext,
@@ -87,6 +88,10 @@ class StageCall:
                  timing_dir: str | None = None):
         self.stage = build_stage(kind, params, name, context)
         self.columns = columns  # declared outputs: name -> arrow type
+        # Media the stage reads (fetched by reference when a row has only the reference) and media
+        # it writes (a changed value loses its reference, so the fragment writer stores it).
+        self.media_in = media.referenced_columns(self.stage.input_columns())
+        self.media_out = media.referenced_columns(columns)
         self._ready = False
         self._timing = None
         if self.stage.stateful:
@@ -134,10 +139,13 @@ class StageCall:
             if col not in batch.columns:
                 batch[col] = None
         active = batch["status"] == KEPT
+        if active.any() and self.media_in:
+            active = self._fetch_media(batch, active)
         if active.any():
             before = batch.loc[active]
             after = self._process_safely(before)
             after.index = before.index
+            self._drop_stale_refs(before, after)
             for col in after.columns:
                 if col in batch.columns or col in self.columns:
                     if col not in batch.columns:
@@ -149,9 +157,50 @@ class StageCall:
             batch.loc[decided, DECIDED_AT_COLUMN] = self.stage.name
         return self._to_arrow(batch)
 
+    def _fetch_media(self, batch: pd.DataFrame, active: pd.Series) -> pd.Series:
+        """Bytes for kept rows that carry only a reference (rows read from a checkpoint); a
+        reference that cannot be served makes its row an error naming the file."""
+        for col in self.media_in:
+            rcol = media.ref_column(col)
+            if rcol not in batch.columns:
+                continue
+            if col not in batch.columns:
+                batch[col] = None
+            need = active & batch[col].isna() & batch[rcol].notna()
+            if not need.any():
+                continue
+            got = media.fetch(list(batch.loc[need, rcol]))
+            batch[col] = batch[col].astype(object)
+            idx = batch.index[need]
+            for i, g in zip(idx, got):
+                if isinstance(g, media.MediaError):
+                    batch.at[i, "status"], batch.at[i, "reason"] = ERROR, str(g)
+                    batch.at[i, DECIDED_AT_COLUMN] = self.stage.name
+                else:
+                    batch.at[i, col] = g
+            active = active & (batch["status"] == KEPT)
+        return active
+
+    def _drop_stale_refs(self, before: pd.DataFrame, after: pd.DataFrame) -> None:
+        """A stage that rewrote a media value (a re-encode) or made one (a chart) leaves it without
+        a reference: the fragment writer then stores the new bytes once."""
+        for col in self.media_out:
+            if col not in after.columns:
+                continue
+            rcol = media.ref_column(col)
+            old = before[col] if col in before.columns else pd.Series([None] * len(after), index=after.index)
+            refs = after[rcol] if rcol in after.columns else pd.Series([None] * len(after), index=after.index)
+            after[rcol] = [r if (a is b or (a is not None and b is not None and a == b)) else None
+                           for a, b, r in zip(after[col], old, refs)]
+
     def _to_arrow(self, batch: pd.DataFrame) -> pa.Table:
         """Arrow with declared types, so blocks from different batches share one schema."""
         types = {**{c: pa.string() for c in ("status", "reason", DECIDED_AT_COLUMN)}, **self.columns}
+        for col in self.media_in + self.media_out:
+            if col in batch.columns:
+                types[col] = pa.binary()
+            if media.ref_column(col) in batch.columns:
+                types[media.ref_column(col)] = pa.string()
         for col, t in types.items():
             if col in batch.columns and batch[col].dtype == object:
                 batch[col] = batch[col].where(batch[col].notna(), None)
@@ -171,11 +220,17 @@ class StageCall:
 class FragmentWrite:
     """Commits each batch as one fragment per chunk; returns per-chunk counts to the driver."""
 
-    def __init__(self, run_dir: str, stage: str, schema: pa.Schema):
+    def __init__(self, run_dir: str, stage: str, schema: pa.Schema, media_store: str | None = None):
         self.ckpt = Checkpoint(run_dir, stage)
         self.schema = schema
+        self.media_store = media_store or storage.join(run_dir, "media")
+        # Referenced media: bytes a row holds in flight are written as their reference only.
+        self.media = [n[: -len(media.REF_SUFFIX)] for n in schema.names if n.endswith(media.REF_SUFFIX)
+                      and n[: -len(media.REF_SUFFIX)] not in schema.names]
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        if self.media:
+            table = media.externalize(table, self.media, self.media_store)
         table = conform(table, self.schema)
         chunks, rows, kept = [], [], []
         if table.num_rows:
@@ -203,8 +258,9 @@ def run_stage_batch(batch: pd.DataFrame, kind: str, params: dict, name: str, con
     return StageCall(kind, params, name, context, columns)(batch)
 
 
-def write_fragments(table: pa.Table, run_dir: str, stage: str, schema: pa.Schema) -> pa.Table:
-    return FragmentWrite(run_dir, stage, schema)(table)
+def write_fragments(table: pa.Table, run_dir: str, stage: str, schema: pa.Schema,
+                    media_store: str | None = None) -> pa.Table:
+    return FragmentWrite(run_dir, stage, schema, media_store)(table)
 
 
 __all__ = ["SourceRead", "StageCall", "FragmentWrite", "conform", "build_stage", "Params",

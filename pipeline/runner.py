@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from manifests.writer import write_segment_manifests, write_sink_manifest
-from pipeline import actor_timing, cluster_fit, storage
+from pipeline import actor_timing, cluster_fit, media, storage
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
@@ -47,6 +47,9 @@ class RunOptions:
     from_stage: str | None = None
     only_stage: str | None = None
     force: bool = False
+    # Where bytes that cannot be referenced in their source are written once (pipeline/media.py);
+    # None: RUN_DIR/media.
+    media_store: str | None = None
     # Compare what each segment needs at minimum with the cluster before running (cluster_fit.py);
     # False (--no-resource-check) for clusters that grow in ways the check does not see.
     resource_check: bool = True
@@ -259,7 +262,14 @@ class Runner:
 
     # -- map segments ---------------------------------------------------------
     def _schema(self, seg: Segment) -> pa.Schema:
-        cols = dict(seg.end.columns)
+        """A checkpoint's schema: media columns only as references (pipeline/media.py)."""
+        cols = media.checkpoint_columns(seg.end.columns)
+        cols.update(RUNNER_COLUMNS)
+        return pa.schema(list(cols.items()))
+
+    def _flight_schema(self, seg: Segment) -> pa.Schema:
+        """What a source read hands the next stage of its segment: bytes already read, and refs."""
+        cols = media.flight_columns(seg.end.columns)
         cols.update(RUNNER_COLUMNS)
         return pa.schema(list(cols.items()))
 
@@ -317,7 +327,7 @@ class Runner:
                 ds = ds.map_batches(
                     read_units, batch_size=1, batch_format="pyarrow",
                     fn_args=(first.spec.kind, first.spec.params.model_dump(mode="json"), first.name,
-                             self._context(first.name), self.run_dir, seg.name, self._schema(Segment([first], []))),
+                             self._context(first.name), self.run_dir, seg.name, self._flight_schema(Segment([first], []))),
                     num_cpus=first.spec.resources.num_cpus,
                 )
                 rest = seg.nodes[1:]
@@ -333,7 +343,7 @@ class Runner:
         """The last step of every segment plan: commit fragments; only counts reach the driver."""
         ds = ds.map_batches(
             write_fragments, batch_size=None, batch_format="pyarrow",
-            fn_args=(self.run_dir, seg.name, schema), num_cpus=0.25,
+            fn_args=(self.run_dir, seg.name, schema, self.options.media_store), num_cpus=0.25,
         )
         for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             pass
@@ -396,7 +406,7 @@ class Runner:
         resumed = ckpt.prepare(node.fingerprint, force)
         expected = self._expected_from_upstream(seg)
         files = self._upstream_files(seg, set(expected))
-        columns = list(seg.end.columns.items()) + list(RUNNER_COLUMNS.items())
+        columns = list(media.checkpoint_columns(seg.end.columns).items()) + list(RUNNER_COLUMNS.items())
         ds = _read_kept(files) if files else rd.from_arrow(pa.schema(columns).empty_table())
         stage = node.make_stage(self._context(node.name))
         if node.stage_cls.sink:

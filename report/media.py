@@ -52,7 +52,31 @@ def fetch_rows(run_dir: str, segment: str, sample_ids: list[str]) -> tuple[dict[
         table = pds.dataset(files, filesystem=fs, format="parquet").to_table(filter=pc.field("sample_id").isin(wanted))
         for row in table.to_pylist():
             out.setdefault(row["sample_id"], row)
-    return out, dataset.schema
+    return _resolve_refs(out, dataset.schema)
+
+
+def _resolve_refs(rows: dict[str, dict], schema: pa.Schema) -> tuple[dict[str, dict], pa.Schema]:
+    """Checkpoints hold media as references (pipeline/media.py): the few example rows get their
+    bytes back, so thumbnails work as when rows carried them. A reference that cannot be served
+    shows as a row without bytes; the reason is kept in ``<column>_missing``."""
+    from pipeline import media
+
+    for name in [n for n in schema.names if n.endswith(media.REF_SUFFIX)]:
+        col = name[: -len(media.REF_SUFFIX)]
+        if col in schema.names:
+            continue
+        ids = [sid for sid, r in rows.items() if r.get(name)]
+        got = media.fetch([rows[sid][name] for sid in ids])
+        for sid, g in zip(ids, got):
+            rows[sid][col] = None if isinstance(g, media.MediaError) else g
+            if isinstance(g, media.MediaError):
+                rows[sid][col + "_missing"] = str(g)
+        for r in rows.values():
+            r.setdefault(col, None)
+            r.pop(name, None)
+        i = schema.get_field_index(name)
+        schema = schema.set(i, pa.field(col, pa.binary()))
+    return rows, schema
 
 
 def _data_uri(jpeg: bytes) -> str:

@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipeline import storage
+from pipeline import media, storage
 from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, limit_units
-from stages.tar_stream import TarExpansionError, check_complete, open_tar
+from stages.tar_stream import BudgetedStream, TarExpansionError, check_complete, open_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_NAMES = ("text", "caption", "txt", "TEXT", "Caption")
@@ -189,10 +189,13 @@ class IngestStage(Stage):
             rows = rows[: unit["max_rows"]]
         return _finalize(rows, unit["source"])
 
-    def _row(self, unit, key, text, image, image_name, meta, status=KEPT, reason=None) -> dict:
+    def _row(self, unit, key, text, image, image_name, meta, status=KEPT, reason=None,
+             image_at: tuple[str, int] | None = None) -> dict:
+        """``image_at``: (URI, offset) where ``image``'s bytes lie in the source, when they can be
+        read again there (rows then carry a reference, pipeline/media.py); None: the media store."""
         return {"source": unit["source"], "source_key": key, "text": text, "image": image,
                 "image_name": image_name, "meta": json.dumps(meta, ensure_ascii=False, default=str) if meta else None,
-                "status": status, "reason": reason}
+                "status": status, "reason": reason, "_image_at": image_at}
 
     def _read_tar(self, unit) -> list[dict]:
         rows: list[dict] = []
@@ -216,6 +219,9 @@ class IngestStage(Stage):
                 with fs.open_input_stream(p) as raw:
                     fileobj = io.BytesIO(raw.read())
             with fileobj, open_tar(fileobj, self.params.max_tar_expansion) as tf:
+                # Members of an uncompressed tar are byte ranges of the file itself: referenced.
+                addressable = not isinstance(tf.fileobj, BudgetedStream)
+                tar_uri = _absolute(unit["path"])
                 for m in tf:
                     name = m.name
                     base = name.rsplit("/", 1)[-1]
@@ -241,6 +247,8 @@ class IngestStage(Stage):
                         continue
                     f = tf.extractfile(m)
                     members[ext] = f.read() if f is not None else b""
+                    if addressable and not m.sparse:
+                        members.setdefault("_at", {})[ext] = (tar_uri, m.offset_data)
                 check_complete(tf)  # an end-of-archive block; a compressed tar's checksum
             flush()
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
@@ -256,6 +264,7 @@ class IngestStage(Stage):
 
     def _tar_sample(self, unit, key: str, members: dict) -> dict:
         errors = members.pop("_errors", [])
+        at = members.pop("_at", {})
         meta: dict[str, Any] = {}
         text = None
         status, reason = KEPT, None
@@ -279,17 +288,17 @@ class IngestStage(Stage):
                 if isinstance(meta.get(c), str):
                     text = meta[c]
                     break
-        image, image_name = None, None
+        image, image_name, image_at = None, None, None
         for ext in IMAGE_EXTS:
             if ext in members:
-                image, image_name = members[ext], f"{key}.{ext}"
+                image, image_name, image_at = members[ext], f"{key}.{ext}", at.get(ext)
                 break
         source_key = str(meta.get(unit.get("key_column") or "key") or key) if isinstance(meta, dict) else key
         if errors and status == KEPT:
             status, reason = ERROR, "bad_member: " + "; ".join(errors)
         elif image is None and status == KEPT:
             status, reason = ERROR, "missing_image: no image member (" + ", ".join(sorted(members)) + ")"
-        return self._row(unit, source_key, text, image, image_name, meta, status, reason)
+        return self._row(unit, source_key, text, image, image_name, meta, status, reason, image_at)
 
     def _read_parquet(self, unit) -> list[dict]:
         if unit.get("broken"):
@@ -324,7 +333,7 @@ class IngestStage(Stage):
                     text = text.decode("utf-8")
                 except UnicodeDecodeError:
                     text, status, reason = None, ERROR, "bad_text: text is not valid UTF-8"
-            image, image_name = None, None
+            image, image_name, image_at = None, None, None
             if icol:
                 val = rec.get(icol)
                 if isinstance(val, dict):
@@ -336,11 +345,16 @@ class IngestStage(Stage):
                 elif isinstance(val, str) and val:
                     image_name = val
                     image, err = self._read_image_file(base_dir, val)
+                    image_at = (self._image_uri(base_dir, val), 0) if image is not None else None
                     if err and status == KEPT:
                         status, reason = ERROR, err
             meta = {c: rec[c] for c in other if c in rec and not isinstance(rec[c], (bytes, bytearray))}
-            rows.append(self._row(unit, key, text, image, image_name, meta, status, reason))
+            rows.append(self._row(unit, key, text, image, image_name, meta, status, reason, image_at))
         return rows
+
+    @staticmethod
+    def _image_uri(base_dir: str, rel: str) -> str:
+        return _absolute(rel if ("://" in rel or os.path.isabs(rel) or not base_dir) else storage.join(base_dir, rel))
 
     def _read_image_file(self, base_dir: str, rel: str) -> tuple[bytes | None, str | None]:
         path = rel if ("://" in rel or os.path.isabs(rel) or not base_dir) else storage.join(base_dir, rel)
@@ -390,14 +404,16 @@ class IngestStage(Stage):
             status, reason = KEPT, None
             if text is not None and not isinstance(text, str):
                 text = json.dumps(text, ensure_ascii=False)
-            image, image_name = None, None
+            image, image_name, image_at = None, None, None
             if icol and isinstance(rec.get(icol), str):
                 image_name = rec[icol]
                 image, err = self._read_image_file(base_dir, image_name)
                 if err:
                     status, reason = ERROR, err
+                elif image is not None:
+                    image_at = (self._image_uri(base_dir, image_name), 0)
             meta = {c: v for c, v in rec.items() if c not in (tcol, icol, kcol)}
-            rows.append(self._row(unit, key, text, image, image_name, meta, status, reason))
+            rows.append(self._row(unit, key, text, image, image_name, meta, status, reason, image_at))
         return rows
 
 
@@ -444,10 +460,19 @@ def scrub_unicode(row: dict, columns: tuple[str, ...]) -> None:
         row["reason"] = f"bad_text: {', '.join(bad)} not valid Unicode (a lone surrogate, e.g. a JSON \\ud800 escape or a non-UTF-8 name)"
 
 
+def _absolute(uri: str) -> str:
+    """References must name the same file from any worker: local paths become absolute."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def _finalize(rows: list[dict], source: str) -> pd.DataFrame:
-    """Assign sample ids; a repeated id (same key and content twice) is dropped as a duplicate."""
+    """Assign sample ids; a repeated id (same key and content twice) is dropped as a duplicate.
+    Images found in place get their reference (pipeline/media.py); the others get theirs when the
+    fragment writer stores them."""
     seen: set[str] = set()
     for r in rows:
+        at, image = r.pop("_image_at", None), r.get("image")
+        r["image_ref"] = media.ref_for(at[0], at[1], image) if (at is not None and image is not None) else None
         scrub_unicode(r, ("source_key", "text", "image_name", "meta", "reason"))
         sid = sample_id_for(source, r["source_key"] or "", r["image"], r["text"])
         if sid in seen:
@@ -460,5 +485,5 @@ def _finalize(rows: list[dict], source: str) -> pd.DataFrame:
                 r["status"], r["reason"] = DROPPED, f"duplicate_of:{dup_of}"
         seen.add(sid)
         r["sample_id"] = sid
-    cols = ["sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta"]
+    cols = ["sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta", "image_ref"]
     return pd.DataFrame(rows, columns=cols)

@@ -79,6 +79,10 @@ def write_file(index: int, name: str, out_dir: str, pieces: list[tuple[int, int]
     rows: list[dict] = []
     for (lo, hi), block in zip(pieces, blocks):
         rows.extend(block.slice(lo, hi - lo).to_pylist())
+    if p.image_column:
+        from stages.shard import with_media
+
+        with_media(rows, p.image_column)
     lines, index_rows = [], []
     for line, row in enumerate(rows):
         sid = row["sample_id"]

@@ -25,13 +25,13 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline import storage
+from pipeline import media, storage
 from pipeline.remote_call import off_driver
 from stages.base import KEPT, Params, Resources, Stage
 
 _REGEX_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _NOT_SCORES = {"sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta",
-               "image_hash", "image_format", "_chunk", "_decided_at", "_order"}
+               "image_hash", "image_format", "image_ref", "_chunk", "_decided_at", "_order"}
 
 
 class ShardParams(Params):
@@ -146,6 +146,7 @@ def write_shard(index: int, name: str, out_dir: str, pieces: list[tuple[int, int
     rows: list[dict] = []
     for (lo, hi), block in zip(pieces, blocks):
         rows.extend(block.slice(lo, hi - lo).to_pylist())
+    with_media(rows, "image")
     index_rows = []
     with storage.open_output_atomic(storage.join(out_dir, name)) as out:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
@@ -172,6 +173,22 @@ def write_shard(index: int, name: str, out_dir: str, pieces: list[tuple[int, int
     table = pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA)
     storage.write_parquet(storage.join(out_dir, "_index", f"{index:06d}.parquet"), table)
     return {"index": index, "name": name, "samples": len(rows)}
+
+
+def with_media(rows: list[dict], column: str) -> None:
+    """Fill ``column`` from its reference where a row has only that (checkpoints hold references,
+    pipeline/media.py): the shard is where media bytes are written, once. A reference whose bytes
+    changed stops the write with the file's name; a shard never holds other bytes than ingested."""
+    rcol = media.ref_column(column)
+    need = [i for i, r in enumerate(rows) if r.get(column) is None and r.get(rcol) is not None]
+    if not need:
+        return
+    got = media.fetch([rows[i][rcol] for i in need])
+    for i, g in zip(need, got):
+        if isinstance(g, media.MediaError):
+            raise media.MediaError(f"sample {rows[i].get('sample_id')}: {g}; rerun from ingest (--from) after "
+                                   "restoring the file, or with the changed file to re-read it")
+        rows[i][column] = g
 
 
 def _file_pieces(counts: list[int], per_file: int, skip: set[int]) -> Iterator[tuple[int, list, list[int]]]:

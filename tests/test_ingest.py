@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import skimage
 
+from pipeline import media
 from pipeline.config import SourceConfig
 from stages.base import DROPPED, ERROR, KEPT, STATUSES
 from stages.ingest import IngestParams, IngestStage, detect_format
@@ -101,8 +102,12 @@ def read_all(stage: IngestStage, units: list[dict]) -> pd.DataFrame:
 def check_rows(df: pd.DataFrame) -> None:
     """Invariants every ingest output keeps, whatever the input."""
     assert list(df.columns) == ["sample_id", "source", "source_key", "status", "reason",
-                                "text", "image", "image_name", "meta"]
+                                "text", "image", "image_name", "meta", "image_ref"]
     assert set(df["status"]) <= set(STATUSES), set(df["status"])
+    # A reference, where there is one, serves exactly the bytes ingest read (pipeline/media.py).
+    refs = [(r["image_ref"], r["image"]) for _, r in df.iterrows() if not _missing(r["image_ref"])]
+    assert all(img is not None for _, img in refs)
+    assert media.fetch([ref for ref, _ in refs]) == [img for _, img in refs]
     for _, r in df.iterrows():
         if r["status"] != KEPT:
             assert isinstance(r["reason"], str) and r["reason"].strip(), f"non-kept row without a reason: {dict(r)}"
