@@ -56,62 +56,98 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from dedup.components import PREF, edge_table, prefer_values, resolve_clusters, star_edges
 from stages.base import ERROR, KEPT, Params, Resources, Stage
 
 _FP = "_fp"
+_GROUP, _T, _KEY, _H, _H2 = "_group", "_table", "_key", "_h", "_h2"
 _STATS_COLUMNS = ("n_cand", "n_verified", "bucket_size", "is_edge")
 VIDEO_DEFAULT_CHUNKS = 4
+CONFIRM_THRESHOLD = 12  # dHash bits; see the module docstring
 
 
 # -- phash (map) ---------------------------------------------------------------------------
 class PHashParams(Params):
     column: str = Field("image", description="binary column with encoded image bytes")
     output: str = Field("phash", description="int64 column the 64-bit pHash is written to")
+    second_output: str | None = Field("dhash", description="int64 column for the 64-bit difference hash of the "
+                                      "same decoded pixels (phash_dedup's confirming check); None: not computed")
 
 
 class PHashStage(Stage):
     kind = "phash"
     Params = PHashParams
     code_deps = ("dedup",)
-    description = "Add a 64-bit perceptual hash (DCT pHash, draft-mode decode) of each image as an int64 column."
+    description = ("Add a 64-bit perceptual hash (DCT pHash, draft-mode decode) of each image as an int64 column, "
+                   "and its difference hash (dHash) from the same pixels.")
     requires = {"image": pa.binary()}
-    produces = {"phash": pa.int64()}
+    produces = {"phash": pa.int64(), "dhash": pa.int64()}
     default_resources = Resources(num_cpus=1, batch_size=64)
 
     def input_columns(self):
         return {self.params.column: pa.binary()}
 
     def output_columns(self):
-        return {self.params.output: pa.int64()}
+        out = {self.params.output: pa.int64()}
+        if self.params.second_output:
+            out[self.params.second_output] = pa.int64()
+        return out
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from dedup.perceptual import image_phash_bytes
+        from dedup.perceptual import image_hashes_bytes, image_phash_bytes
 
-        hashes, statuses, reasons = [], list(batch["status"]), list(batch["reason"])
+        second = self.params.second_output
+        hashes, seconds, statuses, reasons = [], [], list(batch["status"]), list(batch["reason"])
         for i, data in enumerate(batch[self.params.column]):
-            h = None
+            h = h2 = None
             if data is None or len(data) == 0:
                 statuses[i], reasons[i] = ERROR, "corrupt_image: no image bytes"
             else:
                 try:
-                    h = image_phash_bytes(bytes(data))
+                    if second:
+                        h, h2 = image_hashes_bytes(bytes(data))
+                    else:
+                        h = image_phash_bytes(bytes(data))
                 except Exception as e:  # Pillow raises many types for bad data
                     statuses[i], reasons[i] = ERROR, f"corrupt_image: {type(e).__name__}: {e}"
             hashes.append(h)
+            seconds.append(h2)
         batch[self.params.output] = pd.Series(hashes, index=batch.index, dtype=object)
+        if second:
+            batch[second] = pd.Series(seconds, index=batch.index, dtype=object)
         batch["status"], batch["reason"] = statuses, reasons
         return batch
 
 
 # -- phash_dedup (global) ------------------------------------------------------------------
+GROUP_KEY_ROWS = 131_072  # key rows per image group-by group: vectorised work in one task
+
+
 class PHashDedupParams(Params):
     column: str = Field("phash", description="int64 pHash (images) or list<int64> fingerprint (videos)")
     threshold: int = Field(8, ge=0, le=32, description="max Hamming distance (of 64 bits) per image / per frame")
+    confirm: str | None = Field("dhash", description="images: int64 second hash (the phash stage's dHash) a pHash "
+                                "match must also be within confirm_threshold of; used when the rows have the "
+                                "column, None: pHash alone")
+    confirm_threshold: int = Field(CONFIRM_THRESHOLD, ge=0, le=64, description="images: max Hamming distance of the "
+                                   "confirming hash")
+    bits: int | None = Field(None, ge=1, le=32, description="images: sampled bits per LSH key; None: from the row "
+                             "count, log2(rows / bucket_rows) clamped to 8..32")
+    tables: int | None = Field(None, ge=1, le=4096, description="images: LSH tables; None: the fewest whose candidate "
+                               "probability at threshold is >= min_recall. P(candidate | d bits apart) = "
+                               "1-(1-C(64-d,bits)/C(64,bits))^tables; defaults at 1M rows (15 bits, 28 tables): "
+                               "d=0-4: 1.000, 6: 0.995, 8: 0.957, 10: 0.86, 12: 0.71")
+    bucket_rows: int = Field(32, ge=1, description="images, bits=None: expected rows per LSH bucket for uniformly "
+                             "spread hashes (bounds candidates per row: ~tables * bucket_rows / 2)")
+    min_recall: float = Field(0.95, gt=0, lt=1, description="images, tables=None: candidate recall at threshold")
+    lsh_seed: int = Field(0, description="images: seed of the sampled bit positions")
     chunks: int | None = Field(None, ge=1, le=64,
-                               description="LSH chunks per hash; None: threshold+1 for images (exact recall), 4 for videos")
+                               description="LSH chunks per hash; videos: None = 4; images: None = bit-sampling "
+                               "LSH, a number = contiguous chunks (pigeonhole: recall 1 within chunks-1 bits, "
+                               "buckets of n/2^(64/chunks) rows: quadratic)")
     min_frame_match: float = Field(0.8, gt=0, le=1, description="videos: share of frames that must match")
     max_offset: int = Field(1, ge=0, description="videos: temporal offset tolerance, in sampled frames")
     prefer: str | None = Field(None, description="numeric column: each cluster keeps its highest (ties: smallest sample_id)")
@@ -119,32 +155,123 @@ class PHashDedupParams(Params):
     partitions: int | None = Field(None, ge=1, description="shuffle partitions per groupby (None: Ray Data's default, 200)")
 
 
-def _key_rows(table: pa.Table, column: str, chunks: int, video: bool, prefer: str | None) -> pa.Table:
-    """One row per LSH key of every kept row that has a fingerprint."""
-    from dedup.perceptual import chunk_values, fingerprint_keys
+def _video_key_rows(table: pa.Table, column: str, chunks: int, prefer: str | None) -> pa.Table:
+    """One row per (chunk index, chunk value) key of the informative frames of every kept video."""
+    from dedup.perceptual import fingerprint_keys
 
     status = np.array([s == KEPT for s in table.column("status").to_pylist()], dtype=bool)
     values = table.column(column).to_pylist()
     ids = table.column("sample_id").to_pylist()
     prefs = prefer_values(table, prefer).to_numpy(zero_copy_only=False)
-    rows = [i for i, v in enumerate(values) if status[i] and v is not None and (not video or len(v) > 0)]
     kc, kv, sid, pref, fps = [], [], [], [], []
-    if video:
-        for i in rows:
-            fp = [int(h) for h in values[i]]
-            for j, v in sorted(fingerprint_keys(fp, chunks, skip_flat=True)):
-                kc.append(j), kv.append(v), sid.append(ids[i]), pref.append(prefs[i]), fps.append(fp)
-    elif rows:
-        hashes = np.array([values[i] for i in rows], dtype=np.int64)
-        vals = chunk_values(hashes, chunks)  # (n, chunks)
-        kc = np.tile(np.arange(chunks, dtype=np.int32), len(rows)).tolist()
-        kv = vals.reshape(-1).tolist()
-        sid = [ids[i] for i in rows for _ in range(chunks)]
-        pref = np.repeat(prefs[rows], chunks).tolist()
-        fps = [[int(h)] for h in np.repeat(hashes, chunks)]
+    for i, v in enumerate(values):
+        if not status[i] or not v:
+            continue
+        fp = [int(h) for h in v]
+        for j, k in sorted(fingerprint_keys(fp, chunks, skip_flat=True)):
+            kc.append(j), kv.append(k), sid.append(ids[i]), pref.append(prefs[i]), fps.append(fp)
     return pa.table({"key_chunk": pa.array(kc, pa.int32()), "key_value": pa.array(kv, pa.int64()),
                      "sample_id": pa.array(sid, pa.string()), PREF: pa.array(pref, pa.float64()),
                      _FP: pa.array(fps, pa.list_(pa.int64()))})
+
+
+def _group_of(tables: np.ndarray, keys: np.ndarray, groups: int) -> np.ndarray:
+    """Group-by group of each (table, key): a splitmix64 mix of both, so buckets spread evenly."""
+    z = keys.astype(np.uint64) ^ (tables.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(groups)).astype(np.int32)
+
+
+def _image_key_rows(table: pa.Table, column: str, confirm: str | None, prefer: str | None, masks: np.ndarray,
+                    groups: int) -> pa.Table:
+    """Narrow key rows: one per (LSH table, kept row with a hash): group, table, hashes, sample_id, prefer.
+    Rows without a hash (or without the confirming hash, when confirming) are never near duplicates."""
+    from dedup.perceptual import as_unsigned
+
+    ok = pc.fill_null(pc.and_(pc.equal(table.column("status"), KEPT), pc.is_valid(table.column(column))), False)
+    if confirm:
+        ok = pc.and_(ok, pc.is_valid(table.column(confirm)))
+    rows = table.filter(ok)
+    n, L = rows.num_rows, len(masks)
+    h = rows.column(column).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    h2 = (rows.column(confirm).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64) if confirm
+          else np.zeros(n, dtype=np.int64))
+    t = np.tile(np.arange(L, dtype=np.int16), n)
+    keys = (np.repeat(as_unsigned(h), L) & np.tile(masks, n))
+    take = pa.array(np.repeat(np.arange(n, dtype=np.int64), L))
+    return pa.table({_GROUP: pa.array(_group_of(t, keys, groups)), _T: pa.array(t), _H: pa.array(np.repeat(h, L)),
+                     _H2: pa.array(np.repeat(h2, L)), "sample_id": rows.column("sample_id").take(take),
+                     PREF: prefer_values(rows, prefer).take(take)})
+
+
+def image_group_pairs(t: np.ndarray, h: np.ndarray, h2: np.ndarray, masks: np.ndarray, threshold: int,
+                      confirm_threshold: int | None):
+    """Key rows of one group, sorted by (table, key, h, h2, sample_id) -> the pair decisions.
+
+    Rows with the same table, key and both hashes collapse to their first row (``rep``, the
+    smallest sample_id); they are verified duplicates of it, counted in table 0 only. Every
+    other pair of distinct entries in a bucket is a candidate counted in the first table
+    it collides in, verified by Hamming distance on both hashes. Returns (rep index of each
+    row, verified entry pairs (i, j) as row indices, candidate pairs, verified pairs, largest
+    bucket), pairs weighted by how many rows each entry stands for."""
+    from dedup.perceptual import _runs, as_unsigned, bucket_pairs, first_collision, popcount
+
+    u, u2 = as_unsigned(h), as_unsigned(h2)
+    key = u & masks[t]
+    _, starts = _runs([t, key, u, u2])
+    rep = np.repeat(starts, np.diff(np.append(starts, len(t))))
+    mult = np.diff(np.append(starts, len(t)))
+    first0 = (t[starts] == 0)
+    same = (mult * (mult - 1) // 2)[first0]
+    n_cand = n_ver = int(same.sum())
+    _, bucket_starts = _runs([t, key])
+    largest = int(np.diff(np.append(bucket_starts, len(t))).max()) if len(t) else 0
+    et, ek = t[starts], key[starts]
+    i, j = bucket_pairs(et, ek)
+    x = u[starts][i] ^ u[starts][j]
+    counted = first_collision(x, masks[: int(et.max()) + 1] if len(et) else masks) == et[i]  # pairs collide in et[i]
+    i, j, x = i[counted], j[counted], x[counted]
+    w = mult[i] * mult[j]
+    n_cand += int(w.sum())
+    ok = popcount(x) <= threshold
+    if confirm_threshold is not None:
+        ok &= popcount(u2[starts][i] ^ u2[starts][j]) <= confirm_threshold
+    n_ver += int(w[ok].sum())
+    return rep, starts[i[ok]], starts[j[ok]], n_cand, n_ver, largest
+
+
+def _image_group(group: pa.Table, masks: np.ndarray, threshold: int, confirm_threshold: int | None) -> pa.Table:
+    """One group of key rows (many LSH buckets) -> star edges of its verified local components + one stats row."""
+    from dedup.perceptual import as_unsigned
+
+    t = group.column(_T).to_numpy(zero_copy_only=False).astype(np.int64)
+    key = pa.array(as_unsigned(group.column(_H).to_numpy(zero_copy_only=False)) & masks[t])
+    order = pc.sort_indices(group.append_column(_KEY, key),
+                            sort_keys=[(_T, "ascending"), (_KEY, "ascending"), (_H, "ascending"),
+                                       (_H2, "ascending"), ("sample_id", "ascending")])
+    g = group.take(order)
+    t = g.column(_T).to_numpy(zero_copy_only=False).astype(np.int64)
+    rep, a, b, n_cand, n_ver, largest = image_group_pairs(
+        t, g.column(_H).to_numpy(zero_copy_only=False), g.column(_H2).to_numpy(zero_copy_only=False), masks,
+        threshold, confirm_threshold)
+    ids = g.column("sample_id").to_pylist()
+    prefs = dict(zip(ids, g.column(PREF).to_pylist()))
+    uf = _UnionFind([])
+    dup = np.flatnonzero((rep != np.arange(len(rep))) & (t == 0))  # identical rows, counted in table 0
+    for x, y in zip(rep[dup].tolist(), dup.tolist()):
+        uf.union(ids[x], ids[y])
+    for x, y in zip(a.tolist(), b.tolist()):
+        uf.union(ids[x], ids[y])
+    comps: dict[str, list[str]] = {}
+    for s_ in uf.parent:
+        comps.setdefault(uf.find(s_), []).append(s_)
+    parts = [star_edges(c, prefs) for c in comps.values() if len(c) > 1]
+    out = _with_stats(pa.concat_tables(parts) if parts else edge_table([], [], []))
+    if n_cand:
+        out = pa.concat_tables([out, _with_stats(edge_table([""], [""], [0.0]), n_cand, n_ver, largest)])
+    return out
 
 
 class _UnionFind:
@@ -152,6 +279,7 @@ class _UnionFind:
         self.parent = {x: x for x in items}
 
     def find(self, x):
+        self.parent.setdefault(x, x)
         while self.parent[x] != x:
             self.parent[x] = self.parent[self.parent[x]]
             x = self.parent[x]
@@ -161,23 +289,6 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _image_pairs(hashes: list[int], key_chunk: int, chunks: int, threshold: int):
-    """Distinct image hashes sharing chunk ``key_chunk``: (i, j, verified) for the pairs whose
-    first equal chunk is this one (pairs equal on an earlier chunk are that bucket's)."""
-    from dedup.perceptual import as_unsigned, chunk_masks, popcount
-
-    h = as_unsigned(hashes)
-    earlier_masks = chunk_masks(chunks)[:key_chunk]
-    for i in range(len(h) - 1):
-        x = h[i] ^ h[i + 1:]
-        earlier = np.zeros(len(x), dtype=bool)
-        for m in earlier_masks:
-            earlier |= (x & m) == 0
-        close = popcount(x) <= threshold
-        for k in np.flatnonzero(~earlier):
-            yield i, i + 1 + int(k), bool(close[k])
 
 
 def _video_pairs(fps: list[tuple[int, ...]], key: tuple[int, int], chunks: int, threshold: int,
@@ -193,9 +304,8 @@ def _video_pairs(fps: list[tuple[int, ...]], key: tuple[int, int], chunks: int, 
             yield i, j, fingerprints_match(fps[i], fps[j], threshold, min_frame_match, max_offset)
 
 
-def _bucket(group: pa.Table, video: bool, chunks: int, threshold: int, min_frame_match: float,
-            max_offset: int) -> pa.Table:
-    """One LSH bucket -> star edges of its verified local components, plus one stats row."""
+def _video_bucket(group: pa.Table, chunks: int, threshold: int, min_frame_match: float, max_offset: int) -> pa.Table:
+    """One video LSH bucket -> star edges of its verified local components, plus one stats row."""
     from dedup.perceptual import fingerprint_keys
 
     key = (int(group.column("key_chunk")[0].as_py()), int(group.column("key_value")[0].as_py()))
@@ -214,17 +324,13 @@ def _bucket(group: pa.Table, video: bool, chunks: int, threshold: int, min_frame
     uf = _UnionFind(ids)
     n_cand = n_ver = 0
     for f, same in uniq.items():  # identical fingerprints: counted in the bucket of their smallest key
-        if len(same) > 1 and min(fingerprint_keys(f, chunks, skip_flat=video)) == key:
+        if len(same) > 1 and min(fingerprint_keys(f, chunks, skip_flat=True)) == key:
             pairs = len(same) * (len(same) - 1) // 2
             n_cand += pairs
             n_ver += pairs
             for s in same[1:]:
                 uf.union(same[0], s)
-    if video:
-        pairs = _video_pairs(fps, key, chunks, threshold, min_frame_match, max_offset)
-    else:
-        pairs = _image_pairs([f[0] for f in fps], key[0], chunks, threshold)
-    for i, j, ok in pairs:
+    for i, j, ok in _video_pairs(fps, key, chunks, threshold, min_frame_match, max_offset):
         n_cand += sizes[i] * sizes[j]
         if ok:
             n_ver += sizes[i] * sizes[j]
@@ -257,22 +363,38 @@ class PHashDedupStage(Stage):
     mode = "global"
     Params = PHashDedupParams
     code_deps = ("dedup",)
-    description = ("Drop perceptual near duplicates of images (pHash, Hamming threshold) or videos (frame-hash "
-                   "fingerprints), LSH on hash chunks, verified pairs, one kept per cluster.")
+    description = ("Drop perceptual near duplicates of images (pHash within a Hamming threshold, confirmed by dHash; "
+                   "bit-sampling LSH candidates) or videos (frame-hash fingerprints), one kept per cluster.")
     default_resources = Resources(num_cpus=1, batch_size=1024)
 
     def input_columns(self):
         cols = {self.params.column: pa.int64()}  # or list<int64>: the type picks the rule
         if self.params.prefer:
             cols[self.params.prefer] = pa.float64()
-        return cols
+        return cols  # the confirming hash is read when present (video columns have none)
 
     def manifest_columns(self) -> list[str]:
         return []
 
-    def chunks_for(self, video: bool) -> int:
+    def chunks_for(self, video: bool) -> int | None:
+        """Chunks of the contiguous-chunk keys: videos (default 4), images only when ``chunks`` is set."""
         p = self.params
-        return p.chunks or (VIDEO_DEFAULT_CHUNKS if video else min(p.threshold + 1, 64))
+        return p.chunks or (VIDEO_DEFAULT_CHUNKS if video else None)
+
+    def image_masks(self, n: int) -> tuple[np.ndarray, dict]:
+        """The key masks for ``n`` image rows, and how they were chosen (for run_stats)."""
+        from dedup.perceptual import candidate_probability, chunk_masks, lsh_bits_for, lsh_tables_for
+
+        p = self.params
+        if p.chunks:
+            return chunk_masks(p.chunks), {"scheme": "chunks", "chunks": p.chunks}
+        bits = p.bits or lsh_bits_for(n, p.bucket_rows)
+        tables = p.tables or lsh_tables_for(p.threshold, bits, p.min_recall)
+        from dedup.perceptual import lsh_masks
+
+        return lsh_masks(tables, bits, p.lsh_seed), {
+            "scheme": "bit_sampling", "bits": bits, "tables": tables, "lsh_seed": p.lsh_seed,
+            "candidate_recall_at_threshold": round(candidate_probability(p.threshold, tables, bits), 4)}
 
     def transform(self, ds, seed: int, log: Callable[[str], None]):
         from ray.data.aggregate import Max, Sum
@@ -292,18 +414,34 @@ class PHashDedupStage(Stage):
         if not (video or (isinstance(ctype, pa.DataType) and pa.types.is_integer(ctype))):
             raise ValueError(f"{self.name}: column {p.column!r} holds {ctype}; expected int64 (image pHash) "
                              "or list<int64> (video fingerprint)")
-        chunks = self.chunks_for(video)
         mode = "video" if video else "image"
-        rule = (f"{p.min_frame_match:g} of frames within {p.threshold} bits (offset <= {p.max_offset})" if video
-                else f"Hamming <= {p.threshold} of 64 bits")
-        log(f"{self.name}: {mode} near duplicates on {p.column!r}: {rule}; LSH keys: {chunks} chunks of "
-            f"~{64 // chunks} bits")
-        keys = ds.map_batches(_key_rows, fn_args=(p.column, chunks, video, p.prefer), batch_format="pyarrow",
-                              batch_size=self.default_resources.batch_size)
-        buckets = (keys.groupby(["key_chunk", "key_value"], num_partitions=p.partitions)
-                   .map_groups(_bucket, fn_args=(video, chunks, p.threshold, p.min_frame_match, p.max_offset),
-                               batch_format="pyarrow")
-                   .materialize())
+        if video:
+            chunks = self.chunks_for(True)
+            log(f"{self.name}: video near duplicates on {p.column!r}: {p.min_frame_match:g} of frames within "
+                f"{p.threshold} bits (offset <= {p.max_offset}); LSH keys: {chunks} chunks of ~{64 // chunks} bits")
+            keys = ds.map_batches(_video_key_rows, fn_args=(p.column, chunks, p.prefer), batch_format="pyarrow",
+                                  batch_size=self.default_resources.batch_size)
+            buckets = (keys.groupby(["key_chunk", "key_value"], num_partitions=p.partitions)
+                       .map_groups(_video_bucket, fn_args=(chunks, p.threshold, p.min_frame_match, p.max_offset),
+                                   batch_format="pyarrow"))
+            scheme = {"chunks": chunks, "min_frame_match": p.min_frame_match, "max_offset": p.max_offset}
+        else:
+            confirm = p.confirm if p.confirm and p.confirm in names else None
+            cols = ["sample_id", "status", p.column] + [c for c in (confirm, p.prefer) if c and c != p.column]
+            narrow = ds.select_columns(list(dict.fromkeys(cols))).materialize()
+            n = narrow.count()
+            masks, scheme = self.image_masks(n)
+            groups = max(1, -(-n * len(masks) // GROUP_KEY_ROWS))
+            thr2 = p.confirm_threshold if confirm else None
+            scheme = {**scheme, "confirm": confirm, **({"confirm_threshold": thr2} if confirm else {})}
+            log(f"{self.name}: image near duplicates on {p.column!r}: Hamming <= {p.threshold} of 64 bits"
+                + (f", confirmed by {confirm!r} <= {thr2}" if confirm else ", no confirming hash")
+                + f"; keys: {scheme} over {n} rows, {groups} group(s)")
+            keys = narrow.map_batches(_image_key_rows, fn_args=(p.column, confirm, p.prefer, masks, groups),
+                                      batch_format="pyarrow", batch_size=self.default_resources.batch_size)
+            buckets = (keys.groupby(_GROUP, num_partitions=p.partitions)
+                       .map_groups(_image_group, fn_args=(masks, p.threshold, thr2), batch_format="pyarrow"))
+        buckets = buckets.materialize()
         agg = buckets.aggregate(Sum("n_cand"), Sum("n_verified"), Max("bucket_size")) if buckets.count() else {}
         candidates, verified = int(agg.get("sum(n_cand)") or 0), int(agg.get("sum(n_verified)") or 0)
         largest_bucket = int(agg.get("max(bucket_size)") or 0)  # edge rows carry 0s: these are the stats rows
@@ -313,8 +451,7 @@ class PHashDedupStage(Stage):
             out, clusters = resolve_clusters(ds, edges, self.name, p.max_rounds, log, p.partitions)
         else:  # nothing to cluster: the rows go on untouched
             out, clusters = ds, {"clusters": 0, "rows_dropped": 0, "largest_cluster": 0, "cluster_sizes": {}}
-        self.run_stats = {"mode": mode, "column": p.column, "threshold": p.threshold, "chunks": chunks,
-                          **({"min_frame_match": p.min_frame_match, "max_offset": p.max_offset} if video else {}),
+        self.run_stats = {"mode": mode, "column": p.column, "threshold": p.threshold, **scheme,
                           "candidate_pairs": candidates, "verified_pairs": verified,
                           "largest_bucket": largest_bucket, **clusters}
         log(f"{self.name}: {clusters['clusters']} clusters, {clusters['rows_dropped']} rows dropped, "

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from conftest import ROOT, run_config
-from dedup.perceptual import (chunk_masks, fingerprint_keys, fingerprints_match, frame_match_fraction, hamming,
-                              image_phash_bytes, uniform_frame_indices, video_fingerprint)
+from dedup.perceptual import (chunk_masks, fingerprint_keys, fingerprints_match, first_collision, frame_match_fraction,
+                              hamming, image_phash_bytes, uniform_frame_indices, video_fingerprint)
 from helpers import assert_conservation, manifest
 
 CONFIG = ROOT / "configs" / "dedup_images.yaml"
@@ -279,7 +279,8 @@ def test_image_near_duplicates_end_to_end(image_run):
                 assert m.loc[k, "status"] == "dropped" and m.loc[k, "reason"] == f"near_dup_of:{rep}", k
     stats = json.loads((run_dir / "run.json").read_text())["stages"]["phash_dedup"]["stats"]
     n = len(EDITS) + 1
-    assert stats["mode"] == "image" and stats["threshold"] == THRESHOLD and stats["chunks"] == THRESHOLD + 1
+    assert stats["mode"] == "image" and stats["threshold"] == THRESHOLD and stats["scheme"] == "bit_sampling"
+    assert stats["confirm"] == "dhash" and stats["candidate_recall_at_threshold"] >= 0.95
     assert stats["clusters"] == len(PHOTOS) and stats["rows_dropped"] == len(PHOTOS) * (n - 1)
     assert stats["cluster_sizes"] == {"9-16": len(PHOTOS)} and stats["largest_cluster"] == n
     assert stats["candidate_pairs"] >= stats["verified_pairs"] >= len(PHOTOS) * (n - 1)
@@ -296,7 +297,8 @@ def test_same_decisions_with_another_block_layout(ray_local, image_run):
     import pyarrow.parquet as pq
 
     rows = pq.read_table(run_dir / "checkpoints" / "phash" / "parts")  # Arrow: int64 hashes stay exact
-    rows = rows.filter(pc.equal(rows["status"], "kept")).drop_columns(["image"])
+    rows = rows.filter(pc.equal(rows["status"], "kept"))
+    rows = rows.drop_columns([c for c in rows.column_names if c == "image"])  # media may be by reference
     stage = PHashDedupStage(PHashDedupStage.Params(prefer="min_side"), "phash_dedup")
     out = stage.transform(rd.from_arrow(rows).repartition(1), seed=0, log=print).to_pandas()
     runner = manifest(run_dir, "phash_dedup")
@@ -329,6 +331,8 @@ def test_distinct_photos_pass_untouched(ray_local, photos):
     stage = PHashDedupStage(PHashDedupStage.Params(partitions=4), "d")
     out = stage.transform(rd.from_arrow(table).repartition(2), seed=0, log=print).to_pandas()
     assert sorted(out["sample_id"]) == sorted(PHOTOS + ["no_hash"]) and (out["status"] == "kept").all()
-    # Two pairs of different photos share a 7-bit chunk by chance: candidates, rejected by verification.
-    assert stage.run_stats["candidate_pairs"] == 2
+    # Pairs of different photos that share an LSH key by chance are candidates, rejected by verification.
+    masks, _ = stage.image_masks(len(PHOTOS) + 1)
+    x = np.array([(a ^ b) & (2**64 - 1) for a, b in itertools.combinations(hashes, 2)], dtype=np.uint64)
+    assert stage.run_stats["candidate_pairs"] == int((first_collision(x, masks) >= 0).sum())
     assert stage.run_stats["verified_pairs"] == 0 and stage.run_stats["clusters"] == 0
