@@ -7,8 +7,9 @@ the rank still to find inside it. A pass is one Ray Data job:
 
 1. ``map_batches``: each block counts, per probe (group, prefix), how many of
    its keys fall on each value of the next 16 bits (a sparse histogram);
-2. ``dist.sum_by_key``: the histograms summed across blocks by (probe,
-   digit); at most 65,536 (digit, count) rows per probe reach the driver;
+2. ``dist.sum_by_key``: the histograms (24 bytes a row, never the rows
+   themselves) summed across blocks by (probe, digit); at most 65,536
+   (digit, count) rows per probe reach the driver;
 3. the driver walks the cumulative counts to the digit holding the rank and
    extends the prefix.
 
@@ -44,7 +45,8 @@ def group_sizes(ds, group_col: str, key_col: str) -> dict[Hashable, int]:
 def _group_counts(table: pa.Table, group_col: str, key_col: str) -> pa.Table:
     ok = pc.and_(pc.is_valid(table.column(group_col)), pc.is_valid(table.column(key_col)))
     t = table.filter(ok)
-    counts = t.group_by(group_col).aggregate([(key_col, "count")])
+    # use_threads=False: see resample/dist.py (Acero's per-process thread states vs Ray Data's pool resize).
+    counts = t.group_by(group_col, use_threads=False).aggregate([(key_col, "count")])
     return pa.table({"group": counts.column(group_col), "n": counts.column(f"{key_col}_count").cast(pa.int64())})
 
 
@@ -116,7 +118,7 @@ def kth_smallest(ds, targets: list[tuple[Hashable, int]], sizes: dict[Hashable, 
             index = {p: i for i, p in enumerate(probes)}
             hist_rows = ds.map_batches(_histograms, fn_args=(group_col, key_col, probes), batch_format="pyarrow",
                                        batch_size=None)
-            rows = sum_by_key(hist_rows, ["probe", "digit"], ["n"], ds.count()).take_all()
+            rows = sum_by_key(hist_rows, ["probe", "digit"], ["n"]).take_all()
             hist: dict[int, list[tuple[int, int]]] = {}
             for r in rows:
                 hist.setdefault(int(r["probe"]), []).append((int(r["digit"]), int(r["n"])))

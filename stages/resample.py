@@ -19,7 +19,11 @@ another strategy is a config error, not silently ignored). All three:
 
 Whole rows are never materialized or shuffled: each stage reads its input
 twice, once for narrow key columns (ids, status, the one column it reads) and
-once to mark, recomputing the same key from the row instead of joining.
+once to mark, recomputing the same key from the row instead of joining. The
+only shuffles (``resample.dist.sum_by_key``: n-gram counts, radix-select
+histograms) move integer columns, 24-32 bytes a row whatever the media.
+Narrow passes are coalesced into blocks of ``_KEY_BATCH`` rows, so thousands of
+tiny upstream blocks do not become thousands of tasks per pass.
 Formulas and the stats: docs/resampling.md.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from stages.base import KEPT, Params, Resources, Stage, format_number, mark_arro
 GROUP, KEY = "_rs_group", "_rs_key"
 _VALUE, _VKEY = "_rs_value", "_rs_vkey"
 _BATCH = 4096
+_KEY_BATCH = 1 << 16  # narrow key rows (an id hash, a group): ~1-2 MiB blocks
 
 
 def _kept_mask(table: pa.Table) -> np.ndarray:
@@ -66,6 +71,23 @@ class _ResampleStage(Stage):
 def _narrow(ds, *columns: str):
     """Only the columns a key pass reads (Parquet reads skip the media)."""
     return ds.select_columns(list(dict.fromkeys(("sample_id", "status") + columns)))
+
+
+def _same(table: pa.Table) -> pa.Table:
+    return table
+
+
+def _coalesced(ds, rows: int):
+    """The same rows in blocks of ``rows`` (small upstream blocks bundled, large ones cut)."""
+    return ds.map_batches(_same, batch_format="pyarrow", batch_size=rows)
+
+
+def _ready(ref) -> None:
+    """Wait (on the driver, without fetching it) until a task's output exists: a task that calls
+    ray.get on a pending object gives its CPU back and Ray starts another worker for the next one."""
+    import ray
+
+    ray.wait([ref], num_returns=1, fetch_local=False)
 
 
 def _at_or_below(table: pa.Table, cut: int) -> pa.Table:
@@ -140,7 +162,7 @@ class SourceResampleStage(_ResampleStage):
         p = self.params
         self._check_sources()
         keys = (_narrow(ds, "source").map_batches(_source_keys, fn_args=(seed, self.name), batch_format="pyarrow",
-                                                  batch_size=self.default_resources.batch_size).materialize())
+                                                  batch_size=_KEY_BATCH).materialize())
         sizes = group_sizes(keys, GROUP, KEY)
         rows_in = sum(sizes.values())
         absent = sorted((set(p.caps) | set(p.weights)) - set(sizes))
@@ -187,25 +209,25 @@ class NgramResampleParams(Params):
 
 
 def _gram_rows(table: pa.Table, column: str, n: int) -> pa.Table:
-    """One row per distinct (document, n-gram) of the kept rows: hash, occurrences, first-of-doc flag."""
+    """One row per distinct (document, n-gram) of the kept rows: hash, df = 1, occurrences (24 bytes)."""
     from resample.ngrams import distinct_per_doc, doc_ngrams
 
     keep = _kept_mask(table)
     texts = [t if k else None for t, k in zip(table.column(column).to_pylist(), keep)]
     d, h, _, _ = doc_ngrams(texts, n)
     d, h, tf, _ = distinct_per_doc(d, h)
-    first = np.ones(len(d), dtype=np.int64)
-    first[1:] = d[1:] != d[:-1]
     return pa.table({"h": pa.array(h, pa.uint64()), "df": pa.array(np.ones(len(h), np.int64)),
-                     "tf": pa.array(tf, pa.int64()), "first": pa.array(first, pa.int64())})
+                     "tf": pa.array(tf, pa.int64())})
 
 
-def _count_kept(table: pa.Table) -> pa.Table:
-    return pa.table({"kept": [int(_kept_mask(table).sum())]})
+def _count_kept(table: pa.Table, column: str) -> pa.Table:
+    """Kept rows, and kept rows with at least one token (the documents that have n-grams)."""
+    from resample.ngrams import _WORD
 
-
-def _sum_first(table: pa.Table) -> pa.Table:
-    return pa.table({"docs": [int(pc.sum(table.column("first")).as_py() or 0)]})
+    keep = _kept_mask(table)
+    texts = table.column(column).to_pylist()
+    docs = sum(1 for t, k in zip(texts, keep) if k and isinstance(t, str) and _WORD.search(t.lower()))
+    return pa.table({"kept": [int(keep.sum())], "docs": [docs]})
 
 
 def _overused_table(tau: float, alpha: float, *tables: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -293,12 +315,12 @@ def _mark_ngram(table: pa.Table, column: str, n: int, overused, seed: int, salt:
     return table.append_column("ngram_weight", weights)
 
 
-def _count_ngrams(grams, n_rows: int):
+def _count_ngrams(grams):
     """(h, df = documents containing it, tf = occurrences) from one row per distinct (document, n-gram)
-    with df = 1: exact sums through a Ray Data shuffle keyed by the hash (``resample.dist.sum_by_key``)."""
+    with df = 1: exact sums through a shuffle of (h, df, tf) keyed by the hash (``resample.dist.sum_by_key``)."""
     from resample.dist import sum_by_key
 
-    return sum_by_key(grams.select_columns(["h", "df", "tf"]), ["h"], ["df", "tf"], n_rows)
+    return sum_by_key(grams, ["h"], ["df", "tf"])
 
 
 def _over_tau(table: pa.Table, tau: float) -> pa.Table:
@@ -344,12 +366,12 @@ class NgramResampleStage(_ResampleStage):
 
         p = self.params
         bs = self.default_resources.batch_size
-        text = _narrow(ds, p.column).materialize()  # ids, status and text only: read twice below
-        rows_in = sum(r["kept"] for r in per_block(text, _count_kept))
+        text = _coalesced(_narrow(ds, p.column), bs).materialize()  # ids, status and text only: read twice below
+        kept_docs = per_block(text, _count_kept, p.column)
+        rows_in, pool = sum(r["kept"] for r in kept_docs), sum(r["docs"] for r in kept_docs)
         # 1. Exact document frequency and occurrences of every n-gram (a hash aggregate, combined per block).
         grams = text.map_batches(_gram_rows, fn_args=(p.column, p.n), batch_format="pyarrow", batch_size=bs).materialize()
-        pool = sum(int(r["docs"]) for r in per_block(grams, _sum_first))
-        counts = _count_ngrams(grams, grams.count())
+        counts = _count_ngrams(grams)
         del grams
         parts = per_block(counts, partial_stats, p.top_k, p.report_ngrams)
         before, top = combine_stats(parts, p.top_k), most_frequent(parts, p.report_ngrams)
@@ -361,6 +383,7 @@ class NgramResampleStage(_ResampleStage):
                 f"stage {self.name!r}: {n_over} n-grams are over-used (in more than {tau:g} documents), more than "
                 f"max_overused={p.max_overused}; raise overused_share or max_overused")
         overused = ray.remote(num_cpus=1)(_overused_table).remote(tau, p.alpha, *over.to_arrow_refs())
+        _ready(overused)  # every task below reads it
         log(f"{self.name}: {pool} documents with text, {before['distinct_ngrams']} distinct {p.n}-grams, "
             f"{n_over} over-used (in more than {tau:g} documents); entropy {before['entropy_bits']:.3f} bits, "
             f"top-{p.top_k} share {before[f'top{p.top_k}_share']:.4f}")
@@ -379,7 +402,7 @@ class NgramResampleStage(_ResampleStage):
         after, after_tf = combine_stats([], p.top_k), {}
         if cut is not None:
             kept_grams = keyed.map_batches(_at_or_below, fn_args=(cut,), batch_format="pyarrow", batch_size=None)
-            parts = per_block(_count_ngrams(kept_grams, keyed.count()), partial_stats, p.top_k, 0, top_h)
+            parts = per_block(_count_ngrams(kept_grams), partial_stats, p.top_k, 0, top_h)
             after, after_tf = combine_stats(parts, p.top_k), wanted_counts(parts)
         rows_out = rows_in - (pool - pool_kept)
         self.run_stats = {
@@ -548,7 +571,7 @@ class LengthResampleStage(_ResampleStage):
         p = self.params
         bs = self.default_resources.batch_size
         keys = (_narrow(ds, p.base_column).map_batches(_length_keys, fn_args=(p.column, seed, self.name),
-                                                       batch_format="pyarrow", batch_size=bs).materialize())
+                                                       batch_format="pyarrow", batch_size=_KEY_BATCH).materialize())
         parts = per_block(keys, _value_range)
         rows_in, pool = sum(r["kept"] for r in parts), sum(r["n"] for r in parts)
         lo, hi = min((r["lo"] for r in parts), default=math.inf), max((r["hi"] for r in parts), default=-math.inf)
