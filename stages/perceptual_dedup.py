@@ -1,8 +1,9 @@
 """phash and phash_dedup: perceptual near-duplicate removal for images and videos.
 
-``phash`` (map, stateless): adds an int64 ``phash`` column (``dedup.perceptual.image_phash_bytes``:
+``phash`` (map, stateless): adds an int64 ``phash`` column (``dedup.perceptual.image_hashes_bytes``:
 the 64-bit DCT pHash, JPEGs decoded in draft mode at ~1/8 scale since the hash only needs a
-32x32 thumbnail). Missing or undecodable bytes make an ``error`` row
+32x32 thumbnail) and, from the same decoded pixels, an int64 ``dhash`` (64-bit difference hash;
+``second_output: null`` skips it). Missing or undecodable bytes make an ``error`` row
 (``corrupt_image: <why>``); put it after ``decode`` and such rows never reach it.
 
 ``phash_dedup`` (global): near duplicates over a hash column, whose Arrow type picks the rule
@@ -13,41 +14,77 @@ the 64-bit DCT pHash, JPEGs decoded in draft mode at ~1/8 scale since the hash o
   the aligned frame of the other, at the best offset in ``[-max_offset, max_offset]`` (1 frame);
   a longer fingerprint is first resampled uniformly to the shorter length.
 
+Images also need their dHash (``confirm``, default the ``dhash`` column the ``phash`` stage now
+writes from the same decoded pixels): a pHash match counts only when the dHashes are also within
+``confirm_threshold`` (12) bits. When the rows have no such column, pHash alone decides (logged,
+``run_stats.confirm`` = null).
+
 Why 8 bits: measured on twelve scikit-image photos (tests/test_perceptual_dedup.py), JPEG quality
 10, PNG, 0.5x/1.5x rescales and +-20% brightness move 0-6 bits; 1-3% crops 0-8; 5% off one side
-4-12 and 10% off every side 10-18 (pHash is not a crop detector); different photos are 20+ bits
-apart (median 32). 8 keeps the re-encode
-and rescale family with margin while staying far from the unrelated tail, which matters at scale
-where rare chance pairs become many; a larger threshold also means shorter LSH chunks (64/(t+1)
-bits), bigger buckets and more candidate checks.
+4-12 and 10% off every side 10-18 (pHash is not a crop detector, nor a flip detector: a mirrored
+image is ~32 bits away); different photos are 20+ bits apart (median 32). The same edits move
+dHash 0-9 bits (12 keeps them with margin; distinct photos are 20+ apart).
 
-Algorithm, all in Ray Data (the driver sees only counts):
-1. ``map_batches``: one row per (chunk index, chunk value, sample_id) LSH key, carrying the
-   fingerprint and the ``prefer`` value. Images key all ``chunks`` chunks of their hash, default
-   ``threshold + 1`` so pigeonhole guarantees that every pair within the threshold shares a key
-   (recall of the candidate step is exactly 1). Videos key each distinct (chunk, value) of their
-   informative frames, default 4 chunks of 16 bits (7-bit chunks of 16 frames would make nearly
-   every pair of videos a candidate): a matching pair is a candidate when some non-flat frame pair
-   differs in <= 3 bits, which re-encodes give many times over.
-2. ``groupby([key_chunk, key_value]).map_groups``: in each bucket, identical fingerprints are
-   collapsed, then each pair of distinct fingerprints is a candidate only in the bucket of the
-   *smallest* key they share (so each pair is counted and checked once), and is VERIFIED with the
-   exact rule above. Verified pairs are joined with union-find inside the bucket and emitted as
-   star edges (member <-> smallest member of the local component).
-3. ``dedup.components.resolve_clusters``: connected components over the edges by label
-   propagation, one representative per cluster (highest ``prefer``, then smallest sample_id);
-   the others are dropped with ``reason=near_dup_of:<representative sample_id>``.
-Rows with a null or empty fingerprint are never near duplicates.
+Why confirm: distinct images are not uniformly random hashes. On procedurally generated distinct
+images (``bench/near_dedup.py``) pairs within 8 pHash bits occur far more often than the 2.8e-10
+per pair of uniform hashes; at a million images the chance pairs outnumber the real ones
+(precision < 0.99) and connected components chain them into large clusters. Requiring the
+independent dHash too removes them (figures in the bench and BENCHMARKS.md).
 
-``run_stats`` (run.json, ``stages.<name>.stats``): mode, threshold, chunks, candidate pairs,
-verified pairs, largest bucket, clusters, rows dropped, largest cluster and the cluster-size
-histogram (2, 3, 4, 5-8, 9-16, ...).
+Algorithm for images, all in Ray Data (the driver sees only counts):
+1. The stage projects the narrow columns (sample_id, status, both hashes, ``prefer``) and counts
+   the rows, n. Keys: bit-sampling LSH (``dedup/perceptual.py``): ``tables`` tables (L) of ``bits``
+   sampled bit positions (k, seeded by ``lsh_seed``, balanced over the 64 bits). By default k =
+   log2(n / ``bucket_rows``) clamped to 8..32, so a bucket of uniformly spread hashes holds about
+   ``bucket_rows`` (32) rows whatever n, and L is the fewest tables whose candidate probability at
+   the threshold is >= ``min_recall`` (0.95). A pair d bits apart becomes a candidate with
+   probability P(d) = 1 - (1 - C(64-d, k) / C(64, k)) ** L (independent bit draws; the balanced
+   masks measure higher):
 
-Known limits: each bucket verifies its distinct fingerprints pairwise (vectorised for images),
-so work grows as the square of bucket sizes, about n / 2^(64/(t+1)) for n images: fine to ~10M
-images at t=8 on a cluster; past that, lower ``threshold`` or raise ``chunks`` (shorter buckets,
-recall no longer guaranteed beyond ``chunks - 1`` bits). Transitive chains A~B~C can join A and C
-although they are further apart than the threshold (as in every clustering dedup).
+       rows   k   L    P(0-4)  P(6)   P(8)   P(10)  P(12)   measured P(8), seeded masks
+       1e3    8   8    1.000   0.999  0.955  0.883  0.775   0.996
+       1e5   12  17    1.000   0.995  0.958  0.847  0.668   0.983
+       1e6   15  28    1.000   0.997  0.951  0.790  0.550   0.965
+       1e7   19  61    1.000   0.999  0.952  0.727  0.415   0.962
+       3e8   24 171    1.000   1.000  0.950  0.617  0.253   0.952
+
+   Candidates per row ~ L * bucket_rows / 2 (bounded in n); key rows per row = L (grows like
+   n^0.2: the price of a fixed radius of 8 bits). ``chunks`` = a number instead keys contiguous
+   chunks (pigeonhole: recall 1 within chunks-1 bits, but buckets of n / 2^(64/chunks) rows).
+2. ``map_batches``: one narrow key row per (table, row): group, table, pHash, dHash, sample_id,
+   prefer. The group is a hash of (table, key) modulo ceil(n * L / 131072), so a group holds many
+   whole buckets and is processed vectorised: ``groupby(group).map_groups``.
+3. In a group (``image_group_pairs``), rows are sorted by (table, key, hashes, sample_id); rows
+   with equal hashes collapse to the smallest sample_id (verified, counted in table 0); every
+   pair of distinct entries in a bucket is a candidate, verified on both hashes; a verified pair
+   counts in the first table it collides in ((a ^ b) & mask == 0) only. ``candidate_pairs``
+   counts pairs examined (a pair sharing two buckets is examined twice: that is the work);
+   ``verified_pairs`` counts distinct pairs. Verified pairs are joined by union-find in the
+   group and emitted as star edges.
+4. ``dedup.components.resolve_clusters``: connected components over the edges, one representative
+   per cluster (highest ``prefer``, then smallest sample_id); the others are dropped with
+   ``reason=near_dup_of:<representative sample_id>``.
+Decisions depend only on the hashes, sample ids, ``prefer`` and n: the same whatever the block
+layout or worker count. Rows with a null hash (or a null confirming hash) are never near duplicates.
+
+Videos (unchanged): keys are (chunk index, chunk value) of each informative frame, default 4
+chunks of 16 bits (7-bit chunks of 16 frames would make nearly every pair of videos a
+candidate): a matching pair is a candidate when some non-flat frame pair differs in <= 3 bits,
+which re-encodes give many times over. ``groupby([key_chunk, key_value]).map_groups`` per
+bucket: identical fingerprints collapse, a pair is checked only in the bucket of the *smallest*
+key it shares and verified with the frame rule, then step 4.
+
+``run_stats`` (run.json, ``stages.<name>.stats``): mode, threshold, the key scheme (images:
+scheme, bits, tables, lsh_seed, candidate_recall_at_threshold, confirm, confirm_threshold;
+videos: chunks), candidate pairs, verified pairs, largest bucket, clusters, rows dropped,
+largest cluster and the cluster-size histogram (2, 3, 4, 5-8, 9-16, ...).
+
+Known limits: video buckets are verified pairwise in Python, quadratic in bucket size. Transitive
+chains A~B~C can join A and C although they are further apart than the threshold (connected
+components, as in every clustering dedup); the confirming hash makes chance links rare, which is
+what made chains long. A rule that drops a row only when it is within the threshold of its kept
+representative needs each cluster's hashes in one place after the components, which
+``dedup.components`` does not offer today.
 """
 from __future__ import annotations
 
@@ -212,34 +249,35 @@ def image_group_pairs(t: np.ndarray, h: np.ndarray, h2: np.ndarray, masks: np.nd
 
     Rows with the same table, key and both hashes collapse to their first row (``rep``, the
     smallest sample_id); they are verified duplicates of it, counted in table 0 only. Every
-    other pair of distinct entries in a bucket is a candidate counted in the first table
-    it collides in, verified by Hamming distance on both hashes. Returns (rep index of each
-    row, verified entry pairs (i, j) as row indices, candidate pairs, verified pairs, largest
-    bucket), pairs weighted by how many rows each entry stands for."""
-    from dedup.perceptual import _runs, as_unsigned, bucket_pairs, first_collision, popcount
+    other pair of distinct entries in a bucket is a candidate, verified by Hamming distance on
+    both hashes; a verified pair is kept in the first table it collides in ((a ^ b) & mask ==
+    0), so each is reported once. Returns (rep index of each row, verified pairs (i, j) as row
+    indices, candidate pairs examined (one per bucket a pair shares), distinct verified pairs,
+    largest bucket), pairs weighted by how many rows each entry stands for."""
+    from dedup.perceptual import _runs, as_unsigned, bucket_pairs, first_collision
 
     u, u2 = as_unsigned(h), as_unsigned(h2)
     key = u & masks[t]
     _, starts = _runs([t, key, u, u2])
     rep = np.repeat(starts, np.diff(np.append(starts, len(t))))
     mult = np.diff(np.append(starts, len(t)))
-    first0 = (t[starts] == 0)
-    same = (mult * (mult - 1) // 2)[first0]
+    same = (mult * (mult - 1) // 2)[t[starts] == 0]
     n_cand = n_ver = int(same.sum())
     _, bucket_starts = _runs([t, key])
     largest = int(np.diff(np.append(bucket_starts, len(t))).max()) if len(t) else 0
-    et, ek = t[starts], key[starts]
+    et, ek, eu, eu2 = t[starts], key[starts], u[starts], u2[starts]
     i, j = bucket_pairs(et, ek)
-    x = u[starts][i] ^ u[starts][j]
-    counted = first_collision(x, masks[: int(et.max()) + 1] if len(et) else masks) == et[i]  # pairs collide in et[i]
-    i, j, x = i[counted], j[counted], x[counted]
-    w = mult[i] * mult[j]
-    n_cand += int(w.sum())
-    ok = popcount(x) <= threshold
+    many = bool((mult > 1).any())
+    n_cand += int((mult[i] * mult[j]).sum()) if many else len(i)
+    ok = np.bitwise_count(eu[i] ^ eu[j]) <= threshold
     if confirm_threshold is not None:
-        ok &= popcount(u2[starts][i] ^ u2[starts][j]) <= confirm_threshold
-    n_ver += int(w[ok].sum())
-    return rep, starts[i[ok]], starts[j[ok]], n_cand, n_ver, largest
+        ok &= np.bitwise_count(eu2[i] ^ eu2[j]) <= confirm_threshold
+    i, j = i[ok], j[ok]
+    first = first_collision(eu[i] ^ eu[j], masks)
+    keep = first == et[i]  # the pair's first shared table: reported there only
+    i, j = i[keep], j[keep]
+    n_ver += int((mult[i] * mult[j]).sum())
+    return rep, starts[i], starts[j], n_cand, n_ver, largest
 
 
 def _image_group(group: pa.Table, masks: np.ndarray, threshold: int, confirm_threshold: int | None) -> pa.Table:
