@@ -24,7 +24,9 @@ Part 2, images (``--images``, default 4,000)
     confirmed by dHash at several thresholds; the rate of false matches per pair of
     distinct images gives the expected false pairs and precision at 1M images.
 
-Run:  .venv/bin/python bench/near_dedup.py --n 100000
+Part 3 (``--ray N``): the stage itself through a local Ray on N rows of the part-1 corpus.
+
+Run:  .venv/bin/python bench/near_dedup.py --n 100000 --ray 100000
       .venv/bin/python bench/near_dedup.py --n 1000000 --images 0
 """
 from __future__ import annotations
@@ -256,7 +258,7 @@ def image_corpus(n: int, share: float, seed: int):
 
     rng = np.random.default_rng(seed)
     photos = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "horse", "clock",
-              "hubble_deep_field", "immunohistochemistry", "page", "moon", "brick", "grass", "gravel"]  # not cat: chelsea
+              "hubble_deep_field", "immunohistochemistry", "page", "moon", "brick", "grass", "gravel"]  # cat = chelsea
     bases = []
     for name in photos:
         if hasattr(skimage.data, name):
@@ -273,43 +275,80 @@ def image_corpus(n: int, share: float, seed: int):
     return np.array(ph, np.int64), np.array(dh, np.int64), np.array(origin), np.array(kinds)
 
 
+def joint_histograms(u: np.ndarray, u2: np.ndarray, origin: np.ndarray, block: int = 1024):
+    """65x65 counts of (pHash distance, dHash distance) over all pairs (i < j): distinct images, and
+    planted copies (same origin). Blocked, so 20k+ images fit in memory."""
+    hist = {False: np.zeros(65 * 65, dtype=np.int64), True: np.zeros(65 * 65, dtype=np.int64)}
+    for s in range(0, len(u), block):
+        rows = slice(s, min(len(u), s + block))
+        dp = np.bitwise_count(u[rows, None] ^ u[None, :]).astype(np.int64)
+        dd = np.bitwise_count(u2[rows, None] ^ u2[None, :]).astype(np.int64)
+        upper = np.arange(s, rows.stop)[:, None] < np.arange(len(u))[None, :]
+        same = origin[rows, None] == origin[None, :]
+        code = dp * 65 + dd
+        for flag in (False, True):
+            sel = upper & (same == flag)
+            hist[flag] += np.bincount(code[sel], minlength=65 * 65)
+    return hist[False].reshape(65, 65), hist[True].reshape(65, 65)
+
+
+def tail_fit(counts: np.ndarray, ds: list[int]) -> tuple[float, float]:
+    """Least-squares line through log(count) at the even distances ``ds``: (intercept, slope)."""
+    x = np.array(ds, dtype=float)
+    y = np.log(np.maximum(counts[ds], 0.5))
+    slope, icpt = np.polyfit(x, y, 1)
+    return float(icpt), float(slope)
+
+
 def part_images(n: int, threshold: int, seed: int) -> None:
     t0 = time.perf_counter()
     ph, dh, origin, kinds = image_corpus(n, 0.2, seed)
     m = len(ph)
-    planted = int((kinds != "orig").sum())
-    print(f"\n== images: {n:,} distinct images (procedural + scikit-image photos), {planted:,} planted near copies, "
-          f"{m:,} rows; images and hashes in {time.perf_counter() - t0:.1f} s")
+    print(f"\n== images: {n:,} distinct images (procedural + scikit-image photos), {int((kinds != 'orig').sum()):,} "
+          f"planted near copies, {m:,} rows; images and hashes in {time.perf_counter() - t0:.1f} s")
     u, u2 = as_unsigned(ph), as_unsigned(dh)
-    iu = np.triu_indices(m, 1)
-    dp = popcount(u[:, None] ^ u[None, :])[iu]
-    dd = popcount(u2[:, None] ^ u2[None, :])[iu]
-    same = origin[iu[0]] == origin[iu[1]]
-    distinct_pairs = int((~same).sum())
-    print(f"pHash distances of the {distinct_pairs:,} pairs of distinct images (all pairs): "
-          f"median {int(np.median(dp[~same]))}, histogram d<=20: {np.bincount(dp[~same], minlength=21)[:21].tolist()}")
+    dist, plant = joint_histograms(u, u2, origin)
+    n_dist, n_plant = int(dist.sum()), int(plant.sum())
+    dp_hist, dd_plant = dist.sum(axis=1), plant.sum(axis=0)
+    uniform = np.array([comb(32, d // 2) ** 2 / comb(64, 32) if d % 2 == 0 else 0.0 for d in range(65)])
+    print(f"pHash distances of the {n_dist:,} pairs of distinct images (all pairs), d = 0..20: "
+          f"{dp_hist[:21].tolist()}")
+    print("  ratio to balanced uniform hashes (32 ones): "
+          + ", ".join(f"d={d}: {dp_hist[d] / (uniform[d] * n_dist):.1f}x" for d in range(8, 21, 2) if dp_hist[d]))
     edits = dict(zip(*[x.tolist() for x in np.unique(kinds[kinds != "orig"], return_counts=True)]))
-    print(f"planted copies by pHash distance: {np.bincount(dp[same], minlength=13)[:13].tolist()}; beyond 12: "
-          f"{int((dp[same] > 12).sum())} (edits: {edits})")
-    print(f"planted copies by dHash distance: {np.bincount(dd[same], minlength=21)[:21].tolist()}; beyond 20: "
-          f"{int((dd[same] > 20).sum())}")
-    within = dp <= threshold
-    print(f"pairs within {threshold} pHash bits: planted {int((within & same).sum())} of {int(same.sum())}, "
-          f"distinct {int((within & ~same).sum())}")
-    print("  confirm    recall(planted within pHash t)  false pairs  precision  false rate/pair  "
-          "expected false pairs at 1M images  precision at 1M (3% planted)")
-    for thr2 in (None, 8, 10, 12, 14, 16, 20):
-        ok = within if thr2 is None else within & (dd <= thr2)
-        tp, fp = int((ok & same).sum()), int((ok & ~same).sum())
-        rate = (fp + 0.5) / distinct_pairs if fp == 0 else fp / distinct_pairs  # 0.5: an upper-ish bound
-        at_1m = rate * comb(1_000_000, 2)
-        true_1m = 30_000 * tp / max(1, int(same.sum()))  # planted pairs found, at the share found here
-        label = "pHash only" if thr2 is None else f"dHash<={thr2}"
-        print(f"  {label:11s}  {tp / max(1, int((within & same).sum())):.4f}                      {fp:6d}   "
-              f"{tp / max(1, tp + fp):.4f}    {rate:.2e}{'(<)' if fp == 0 else '   '}     {at_1m:12,.0f}"
-              f"                  {true_1m / (true_1m + at_1m):.4f}")
-    print(f"  (stage default: dHash<={CONFIRM_THRESHOLD}; 'precision at 1M' assumes 30,000 planted pairs of which the "
-          f"share within the pHash threshold found here)")
+    print(f"planted copies ({n_plant}; {edits}) by pHash distance 0..12: {plant.sum(axis=1)[:13].tolist()}, "
+          f"beyond: {int(plant.sum(axis=1)[13:].sum())}; by dHash distance 0..16: {dd_plant[:17].tolist()}, "
+          f"beyond: {int(dd_plant[17:].sum())}")
+    t = threshold
+    planted_within = int(plant[:t + 1].sum())
+    print(f"pairs within {t} pHash bits: planted {planted_within} of {n_plant}, distinct {int(dist[:t + 1].sum())}")
+
+    # Chance pairs within t bits are too rare to count on this many images: extrapolate the tail
+    # (a straight line through log counts at d = t+2 .. t+8), and measure how often the dHash
+    # agrees when the pHashes are close (the confirming check's filter), at looser pHash radii.
+    ds = list(range(t + 2, t + 9, 2))
+    icpt, slope = tail_fit(dp_hist, ds)
+    est_within = sum(np.exp(icpt + slope * d) for d in range(0, t + 1, 2))
+    rate = est_within / n_dist
+    pairs_1m = comb(1_000_000, 2)
+    true_1m = 30_000 * planted_within / max(1, n_plant)
+    print(f"pHash alone: measured false pairs within {t}: {int(dist[:t + 1].sum())}; extrapolated from the tail at d in "
+          f"{ds}: {est_within:.2f} here, a rate of {rate:.2e} per pair of distinct images (uniform hashes: "
+          f"{uniform[:t + 1].sum():.2e}) -> ~{rate * pairs_1m:,.0f} false pairs among 1M images; with 30,000 true "
+          f"pairs (3%) precision ~{true_1m / (true_1m + rate * pairs_1m):.4f}")
+    print("  dHash confirm   recall of planted (within pHash t)   P(dHash within | distinct, pHash<=12 / <=16)   "
+          "false pairs at 1M   precision at 1M")
+    for thr2 in (8, 10, 12, 14, 16):
+        rec = plant[:t + 1, :thr2 + 1].sum() / max(1, planted_within)
+        c12 = dist[:13, :thr2 + 1].sum() / max(1, dist[:13].sum())
+        c16 = dist[:17, :thr2 + 1].sum() / max(1, dist[:17].sum())
+        cond = max(c12, c16, 0.5 / max(1, dist[:17].sum()))  # the larger: conservative
+        fp_1m = rate * cond * pairs_1m
+        tp_1m = true_1m * rec
+        print(f"  <= {thr2:2d}{' (default)' if thr2 == CONFIRM_THRESHOLD else '          '}   {rec:.4f}"
+              f"                                {c12:.2e} / {c16:.2e}                    {fp_1m:10,.1f}"
+              f"         {tp_1m / (tp_1m + fp_1m):.5f}")
+    print(f"  (of {int(dist[:13].sum())} / {int(dist[:17].sum())} distinct pairs within 12 / 16 pHash bits)")
 
     # The stage's candidate rule on these rows, with and without the default confirmation.
     bits = lsh_bits_for(m)
@@ -318,7 +357,7 @@ def part_images(n: int, threshold: int, seed: int) -> None:
         new = new_scheme(ph, dh if thr2 is not None else None, lsh_masks(tables, bits, 0), threshold, thr2)
         found = new["pairs"]
         tp = sum(1 for a, b in found if origin[a] == origin[b])
-        truth = int((within & same & (dd <= thr2 if thr2 is not None else True)).sum())
+        truth = int(plant[:threshold + 1, :(thr2 if thr2 is not None else 64) + 1].sum())
         c = clusters(m, found, u, threshold)
         label = "pHash only" if thr2 is None else f"dHash<={thr2}"
         print(f"stage rule, {label} ({tables} tables x {bits} bits): {new['candidates']:,} candidates "
@@ -349,6 +388,42 @@ def clusters(n: int, pairs, u: np.ndarray, threshold: int) -> dict:
     return {"rows_dropped": len(dropped), "largest": int(sizes.max()), "far_from_rep": far}
 
 
+def part_ray(n: int, planted: int, threshold: int, seed: int) -> None:
+    """The stage itself on n rows of the hash corpus (dHash = an independent random hash, planted
+    copies 1 bit apart on it), through a local Ray: seconds, stats, planted pairs resolved."""
+    import os
+
+    import pyarrow as pa
+    import ray.data as rd
+
+    from pipeline.runner import ensure_ray
+    from stages.perceptual_dedup import PHashDedupStage
+
+    h, pp, pd_ = hash_corpus(n, planted, seed)
+    h2 = np.random.default_rng(seed + 1).integers(0, 2**64, size=n, dtype=np.uint64)
+    h2[pp[:, 1]] = h2[pp[:, 0]] ^ np.uint64(1)
+    ids = [f"s{i:07d}" for i in range(n)]
+    table = pa.table({"sample_id": ids, "status": ["kept"] * n, "reason": pa.nulls(n, pa.string()),
+                      "phash": pa.array(h), "dhash": pa.array(h2.view(np.int64)),
+                      "_decided_at": pa.nulls(n, pa.string())})
+    os.environ.pop("RAY_ADDRESS", None)
+    ensure_ray()
+    ds = rd.from_arrow(table).repartition(max(1, n // 10_000)).materialize()
+    stage = PHashDedupStage(PHashDedupStage.Params(threshold=threshold), "near")
+    t0 = time.perf_counter()
+    out = stage.transform(ds, seed=0, log=lambda m: None).select_columns(["sample_id", "status"]).to_pandas()
+    dt = time.perf_counter() - t0
+    dropped = set(out.loc[out["status"] == "dropped", "sample_id"])
+    within = pd_ <= threshold
+    resolved = np.mean([ids[b] in dropped or ids[a] in dropped for (a, b) in pp[within]])
+    s = stage.run_stats
+    print(f"\n== the stage through Ray (local, this machine), {n:,} rows: {dt:.1f} s ({n / dt:,.0f} rows/s); "
+          f"{s['tables']} tables x {s['bits']} bits, {s['candidate_pairs']:,} candidate pairs "
+          f"({s['candidate_pairs'] / n:.1f} per row), {s['verified_pairs']:,} verified, largest bucket "
+          f"{s['largest_bucket']}, {s['rows_dropped']:,} rows dropped, largest cluster {s['largest_cluster']}; "
+          f"planted pairs within {threshold} bits resolved: {resolved:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="hashes in part 1")
@@ -356,11 +431,14 @@ def main() -> None:
     ap.add_argument("--exact", type=int, default=20_000, help="rows compared all-pairs (exact answer)")
     ap.add_argument("--images", type=int, default=4000, help="distinct images in part 2 (0: skip)")
     ap.add_argument("--threshold", type=int, default=8)
+    ap.add_argument("--ray", type=int, default=0, help="also run the stage through local Ray on this many rows")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     part_hashes(a.n, a.planted, min(a.exact, a.n), a.threshold, a.seed)
     if a.images:
         part_images(a.images, a.threshold, a.seed)
+    if a.ray:
+        part_ray(a.ray, min(a.planted, a.ray // 40), a.threshold, a.seed)
 
 
 if __name__ == "__main__":
