@@ -29,6 +29,7 @@ class Fragment:
     uri: str
     chunk: str
     rows: int
+    size: int = 0  # bytes on storage (from the listing; 0 when unknown)
 
 
 def fragment_name(chunk: str, sample_ids: list[str]) -> str:
@@ -74,7 +75,7 @@ class Checkpoint:
             m = _FRAGMENT_RE.match(info.base_name)
             if m:
                 out.append(Fragment(uri=info.path if "://" not in self.parts else storage.join(self.parts, info.base_name),
-                                    chunk=m["chunk"], rows=int(m["rows"])))
+                                    chunk=m["chunk"], rows=int(m["rows"]), size=int(info.size or 0)))
         return out
 
     def rows_by_chunk(self) -> dict[str, int]:
@@ -103,3 +104,21 @@ class Checkpoint:
 
     def write_source_count(self, chunk: str, rows: int) -> None:
         storage.write_json(storage.join(self.counts, f"{chunk}.json"), {"rows": rows})
+
+
+def row_bytes(uris: list[str]) -> dict[str, int]:
+    """Rows and uncompressed column bytes of checkpoint fragments, from their Parquet footers:
+    what a global stage reading them loads per row (its shuffles move a subset of those columns),
+    reported in run.json so the cost of a shuffle per row is a measured figure."""
+    import pyarrow.parquet as pq
+
+    rows = nbytes = 0
+    for uri in uris:
+        fs, path = storage.resolve(uri)
+        meta = pq.ParquetFile(path, filesystem=fs).metadata
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            rows += rg.num_rows
+            nbytes += rg.total_byte_size
+    return {"rows": rows, "bytes": nbytes}
+

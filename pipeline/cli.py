@@ -21,7 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = args.out or os.path.join("runs", config.name)
     record = run_pipeline(config, RunOptions(run_dir=run_dir, from_stage=args.from_stage,
                                              only_stage=args.only_stage, force=args.force,
-                                             resource_check=args.resource_check))
+                                             resource_check=args.resource_check, media_store=args.media_store))
     from manifests.summary import format_table, summarize
 
     print(format_table(summarize(run_dir)))
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true",
                      help="swap every model for a tiny local random model (built on first use) for a cheap end-to-end check")
     run.add_argument("--limit", type=int, metavar="N", help="read at most N rows per ingest stage")
+    run.add_argument("--media-store", metavar="URI",
+                     help="where media that cannot be referenced in its source (inline Parquet bytes, gzip tars, "
+                          "re-encodes, rendered charts) is written once (default: RUN_DIR/media); local or s3://")
     run.add_argument("--no-resource-check", dest="resource_check", action="store_false",
                      help="skip the check that the cluster can hold each segment's actors and tasks (for clusters "
                           "that grow in ways the check does not detect)")

@@ -146,6 +146,13 @@ class StageCall:
             after = self._process_safely(before)
             after.index = before.index
             self._drop_stale_refs(before, after)
+            if active.all():  # the common case: the stage's frame is the batch (no per-column writes)
+                batch = pd.DataFrame({c: (after[c].values if c in after.columns else batch[c].values)
+                                      for c in batch.columns})
+                decided = batch["status"] != KEPT
+                batch[DECIDED_AT_COLUMN] = batch[DECIDED_AT_COLUMN].astype(object)
+                batch.loc[decided, DECIDED_AT_COLUMN] = self.stage.name
+                return self._to_arrow(batch)
             for col in after.columns:
                 if col in batch.columns or col in self.columns:
                     if col not in batch.columns:
@@ -170,14 +177,15 @@ class StageCall:
             if not need.any():
                 continue
             got = media.fetch(list(batch.loc[need, rcol]))
-            batch[col] = batch[col].astype(object)
-            idx = batch.index[need]
-            for i, g in zip(idx, got):
+            values = list(batch[col])
+            for pos, g in zip(need.to_numpy().nonzero()[0], got):
                 if isinstance(g, media.MediaError):
+                    i = batch.index[pos]
                     batch.at[i, "status"], batch.at[i, "reason"] = ERROR, str(g)
                     batch.at[i, DECIDED_AT_COLUMN] = self.stage.name
                 else:
-                    batch.at[i, col] = g
+                    values[pos] = g
+            batch[col] = pd.Series(values, index=batch.index, dtype=object)
             active = active & (batch["status"] == KEPT)
         return active
 
@@ -190,15 +198,15 @@ class StageCall:
             rcol = media.ref_column(col)
             old = before[col] if col in before.columns else pd.Series([None] * len(after), index=after.index)
             refs = after[rcol] if rcol in after.columns else pd.Series([None] * len(after), index=after.index)
-            after[rcol] = [r if (a is b or (a is not None and b is not None and a == b)) else None
-                           for a, b, r in zip(after[col], old, refs)]
+            after[rcol] = [r if media.same_value(a, b) else None for a, b, r in zip(after[col], old, refs)]
 
     def _to_arrow(self, batch: pd.DataFrame) -> pa.Table:
         """Arrow with declared types, so blocks from different batches share one schema."""
         types = {**{c: pa.string() for c in ("status", "reason", DECIDED_AT_COLUMN)}, **self.columns}
+        declared = {**self.stage.input_columns(), **self.columns}
         for col in self.media_in + self.media_out:
             if col in batch.columns:
-                types[col] = pa.binary()
+                types[col] = declared[col]
             if media.ref_column(col) in batch.columns:
                 types[media.ref_column(col)] = pa.string()
         for col, t in types.items():

@@ -13,6 +13,10 @@ rendered chart) is written once to a **media store**: content-named pack files
 (``<store>/<hh>/<hash>.pack``, the name a hash of the items it holds, so a retried write lands on
 the same file and a rerun never deletes what a later checkpoint still references).
 
+A list of bytes (a video's sampled frames, an instruction sample's images) is referenced item by
+item: its ``_ref`` is a JSON list of item references. Identical items stored together are stored
+once, so the 16 frames of a video that five QA rows share are in the store once, not five times.
+
 A stage that needs the pixels declares the binary column as an input, as before; the executor
 fetches it by reference inside the task (``fetch``: one open per file, nearby ranges read in one
 request) and drops it again before the checkpoint. A range whose bytes no longer hash to the
@@ -46,10 +50,19 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def is_referenced_type(t: pa.DataType) -> bool:
-    """Columns stored by reference: plain binary (one image per row). Lists of bytes (video frames,
-    an instruction sample's images) still travel inline."""
+def _is_bytes(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def is_referenced_type(t: pa.DataType) -> bool:
+    """Columns stored by reference: binary (one image per row) and lists of binary (frames, images)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _is_bytes(t.value_type)
+    return _is_bytes(t)
+
+
+def is_list_ref(ref: str) -> bool:
+    return ref.startswith("[")
 
 
 def referenced_columns(columns: dict[str, pa.DataType]) -> list[str]:
@@ -116,10 +129,47 @@ def _spans(refs: list[tuple[int, MediaRef]]) -> list[tuple[int, int, list[tuple[
     return spans
 
 
-def fetch(refs: Sequence[str | None]) -> list[bytes | MediaError | None]:
-    """The bytes behind each reference (None stays None), in order; a reference that cannot be
-    served as ingested gives a ``MediaError`` in its place instead of raising, so one changed file
-    costs only its own rows. One open per file, ranges sorted and merged (``COALESCE_GAP``)."""
+def fetch(refs: Sequence[str | None]) -> list:
+    """The value behind each reference, in order: bytes, or a list of bytes for a list reference
+    (None stays None). A reference that cannot be served as ingested gives a ``MediaError`` in its
+    place instead of raising, so one changed file costs only its own rows. One open per file for
+    the whole call, ranges sorted and merged (``COALESCE_GAP``)."""
+    import json
+
+    flat: list[str | None] = []
+    shape: list[tuple[int, int] | None] = []  # (start, count) into flat for list references
+    for r in refs:
+        if r is not None and is_list_ref(r):
+            try:
+                items = json.loads(r)
+            except ValueError:
+                items = None
+            if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+                shape.append((-1, 0))
+                continue
+            shape.append((len(flat), len(items)))
+            flat.extend(items)
+        else:
+            shape.append(None)
+            flat.append(r)
+    got = _fetch_items(flat)
+    out: list = []
+    pos = 0
+    for r, sh in zip(refs, shape):
+        if sh is None:
+            out.append(got[pos])
+            pos += 1
+        elif sh[0] < 0:
+            out.append(MediaError(f"media_ref_invalid: {r[:200]!r} is not a JSON list of references"))
+        else:
+            items = got[sh[0]: sh[0] + sh[1]]
+            pos = sh[0] + sh[1]
+            bad = next((x for x in items if isinstance(x, MediaError)), None)
+            out.append(bad if bad is not None else list(items))
+    return out
+
+
+def _fetch_items(refs: Sequence[str | None]) -> list[bytes | MediaError | None]:
     out: list[bytes | MediaError | None] = [None] * len(refs)
     by_uri: dict[str, list[tuple[int, MediaRef]]] = defaultdict(list)
     for i, text in enumerate(refs):
@@ -172,34 +222,77 @@ def fetch_strict(refs: Sequence[str | None]) -> list[bytes | None]:
 
 def store(items: Iterable[bytes], store_uri: str) -> list[str]:
     """Write items into content-named pack files under ``store_uri``; returns their references.
-    Idempotent: the same items give the same packs, and a pack that exists is not written again."""
-    items = list(items)
-    refs: list[str] = []
-    batch: list[bytes] = []
+    Idempotent: the same items give the same packs, and a pack that exists is not written again.
+    An item equal to an earlier one of the same call is not written again: it shares its reference."""
+    hashes = []
+    unique: dict[str, bytes] = {}
+    for b in items:
+        b = bytes(b)
+        h = digest(b)
+        hashes.append(h)
+        unique.setdefault(h, b)
+    placed: dict[str, str] = {}
+    batch: list[tuple[str, bytes]] = []
     size = 0
 
     def flush() -> None:
         nonlocal batch, size
         if not batch:
             return
-        hashes = [digest(b) for b in batch]
-        name = hashlib.blake2b("\n".join(hashes).encode(), digest_size=16).hexdigest()
+        name = hashlib.blake2b("\n".join(h for h, _ in batch).encode(), digest_size=16).hexdigest()
         uri = storage.join(store_uri, name[:2], f"{name}.pack")
         if not storage.exists(uri):
-            storage.write_bytes(uri, b"".join(batch))
+            storage.write_bytes(uri, b"".join(b for _, b in batch))
         offset = 0
-        for b, h in zip(batch, hashes):
-            refs.append(MediaRef(uri, offset, len(b), h).encode())
+        for h, b in batch:
+            placed[h] = MediaRef(uri, offset, len(b), h).encode()
             offset += len(b)
         batch, size = [], 0
 
-    for b in items:
-        batch.append(bytes(b))
+    for h, b in unique.items():
+        batch.append((h, b))
         size += len(b)
         if size >= PACK_BYTES:
             flush()
     flush()
-    return refs
+    return [placed[h] for h in hashes]
+
+
+def store_values(values: Sequence, store_uri: str) -> list[str | None]:
+    """``store`` for a column's values: bytes get a reference, a list of bytes a JSON list of them."""
+    import json
+
+    items: list[bytes] = []
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            items.append(bytes(v))
+        else:
+            items.extend(bytes(x) for x in v)
+    refs = iter(store(items, store_uri))
+    out: list[str | None] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            out.append(next(refs))
+        else:
+            out.append(json.dumps([next(refs) for _ in v]))
+    return out
+
+
+def same_value(a, b) -> bool:
+    """Equality of two media values (bytes, lists or arrays of bytes, None) without numpy's
+    element-wise ``==``."""
+    if a is b:
+        return True
+    if a is None or b is None:
+        return False
+    if isinstance(a, (bytes, bytearray, memoryview)) or isinstance(b, (bytes, bytearray, memoryview)):
+        return isinstance(a, (bytes, bytearray, memoryview)) and isinstance(b, (bytes, bytearray, memoryview)) and bytes(a) == bytes(b)
+    a, b = list(a), list(b)
+    return len(a) == len(b) and all(bytes(x) == bytes(y) for x, y in zip(a, b))
 
 
 def externalize(table: pa.Table, columns: Iterable[str], store_uri: str) -> pa.Table:
@@ -219,7 +312,7 @@ def externalize(table: pa.Table, columns: Iterable[str], store_uri: str) -> pa.T
             continue
         mask = need.to_numpy(zero_copy_only=False)
         data = table.column(col).to_pylist()
-        new_refs = iter(store((data[i] for i in range(len(data)) if mask[i]), store_uri))
+        new_refs = iter(store_values([data[i] for i in range(len(data)) if mask[i]], store_uri))
         old = table.column(rcol).to_pylist()
         merged = [next(new_refs) if mask[i] else old[i] for i in range(len(old))]
         table = table.set_column(table.column_names.index(rcol), rcol, pa.array(merged, pa.string()))

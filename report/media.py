@@ -74,8 +74,9 @@ def _resolve_refs(rows: dict[str, dict], schema: pa.Schema) -> tuple[dict[str, d
         for r in rows.values():
             r.setdefault(col, None)
             r.pop(name, None)
+        listed = any(isinstance(r.get(col), list) for r in rows.values())
         i = schema.get_field_index(name)
-        schema = schema.set(i, pa.field(col, pa.binary()))
+        schema = schema.set(i, pa.field(col, pa.list_(pa.binary()) if listed else pa.binary()))
     return rows, schema
 
 

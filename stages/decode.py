@@ -50,8 +50,10 @@ class DecodeStage(Stage):
 
     def process(self, batch: pd.DataFrame) -> pd.DataFrame:
         out = {c: [] for c in ("width", "height", "min_side", "aspect_ratio", "image_format", "image_hash", "image", "status", "reason")}
-        for data, status, reason in zip(batch["image"], batch["status"], batch["reason"]):
-            r = self._one(data)
+        # The reference's hash is blake2b-128 of exactly these bytes (pipeline/media.py): not hashed twice.
+        refs = batch["image_ref"] if "image_ref" in batch.columns else [None] * len(batch)
+        for data, status, reason, ref in zip(batch["image"], batch["status"], batch["reason"], refs):
+            r = self._one(data, ref.split(":", 1)[0] if isinstance(ref, str) and ref else None)
             out["width"].append(r.get("width"))
             out["height"].append(r.get("height"))
             w, h = r.get("width"), r.get("height")
@@ -66,12 +68,12 @@ class DecodeStage(Stage):
             batch[c] = v
         return batch
 
-    def _one(self, data) -> dict:
+    def _one(self, data, known_hash: str | None = None) -> dict:
         p = self.params
         if data is None or len(data) == 0:
             return {"status": ERROR, "reason": "corrupt_image: no image bytes"}
         data = bytes(data)
-        r: dict = {"hash": hashlib.blake2b(data, digest_size=16).hexdigest()}
+        r: dict = {"hash": known_hash or hashlib.blake2b(data, digest_size=16).hexdigest()}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

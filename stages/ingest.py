@@ -56,11 +56,14 @@ class IngestParams(Params):
     limit: int | None = Field(None, ge=1, description="read at most this many rows (smoke runs); None reads all")
 
 
-def sample_id_for(source: str, key: str, image: bytes | None, text: str | None) -> str:
-    """Stable id: the same source, key and content always give the same id."""
+def sample_id_for(source: str, key: str, image: bytes | None, text: str | None,
+                  image_digest: bytes | None = None) -> str:
+    """Stable id: the same source, key and content always give the same id. ``image_digest``:
+    ``blake2b(image, digest_size=16).digest()`` when the caller has it (the media reference's hash)."""
     h = hashlib.blake2b(digest_size=16)
-    for part in (source.encode(), key.encode("utf-8", "surrogateescape"), image or b"", (text or "").encode("utf-8", "surrogateescape")):
-        h.update(hashlib.blake2b(part, digest_size=16).digest())
+    for i, part in enumerate((source.encode(), key.encode("utf-8", "surrogateescape"), image or b"",
+                              (text or "").encode("utf-8", "surrogateescape"))):
+        h.update(image_digest if (i == 2 and image_digest is not None) else hashlib.blake2b(part, digest_size=16).digest())
     return h.hexdigest()
 
 
@@ -472,14 +475,16 @@ def _finalize(rows: list[dict], source: str) -> pd.DataFrame:
     seen: set[str] = set()
     for r in rows:
         at, image = r.pop("_image_at", None), r.get("image")
-        r["image_ref"] = media.ref_for(at[0], at[1], image) if (at is not None and image is not None) else None
+        image_digest = hashlib.blake2b(image or b"", digest_size=16).digest()  # one hash: id and reference
+        r["image_ref"] = (media.MediaRef(at[0], at[1], len(image), image_digest.hex()).encode()
+                          if (at is not None and image is not None) else None)
         scrub_unicode(r, ("source_key", "text", "image_name", "meta", "reason"))
-        sid = sample_id_for(source, r["source_key"] or "", r["image"], r["text"])
+        sid = sample_id_for(source, r["source_key"] or "", r["image"], r["text"], image_digest)
         if sid in seen:
             # KEY#2, KEY#3, ...: the first suffix whose id no earlier row holds (a row's own
             # key may already look like KEY#2).
             dup_of, n = sid, 2
-            while (sid := sample_id_for(source, f"{r['source_key']}#{n}", r["image"], r["text"])) in seen:
+            while (sid := sample_id_for(source, f"{r['source_key']}#{n}", r["image"], r["text"], image_digest)) in seen:
                 n += 1
             if r["status"] == KEPT:
                 r["status"], r["reason"] = DROPPED, f"duplicate_of:{dup_of}"

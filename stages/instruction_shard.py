@@ -23,7 +23,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import storage
-from stages.shard import INDEX_SCHEMA, ShardParams, ShardStage, TokenCounter, _NOT_SCORES, _tarinfo, visual_tokens
+from stages.shard import (
+    INDEX_SCHEMA, ShardParams, ShardStage, TokenCounter, _NOT_SCORES, _tarinfo, visual_tokens, with_media,
+)
 
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp",
         "image/tiff": "tif"}
@@ -55,6 +57,7 @@ def write_instruction_shard(index: int, name: str, out_dir: str, pieces: list[tu
     rows: list[dict] = []
     for (lo, hi), block in zip(pieces, blocks):
         rows.extend(block.slice(lo, hi - lo).to_pylist())
+    with_media(rows, p.images_column)  # checkpoints hold references (pipeline/media.py)
     index_rows = []
     with storage.open_output_atomic(storage.join(out_dir, name)) as out:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tf:

@@ -44,7 +44,7 @@ class VideoShardParams(ShardParams):
 def _video_order(table: pa.Table, seed: int, group_column: str | None) -> pa.Table:
     """The order key hashes the group (a video's rows end adjacent); the frames, which the shard
     does not store, are dropped before the sort moves the rows."""
-    table = table.drop_columns([c for c in ("frames",) if c in table.column_names])
+    table = table.drop_columns([c for c in ("frames", "frames_ref") if c in table.column_names])
     ids = table.column("sample_id").to_pylist()
     groups = table.column(group_column).to_pylist() if group_column else [None] * len(ids)
     keys = [order_key(seed, f"group\0{g}" if g is not None else s) for g, s in zip(groups, ids)]

@@ -193,6 +193,26 @@ def test_demo_checkpoints_hold_references_and_shards_the_ingested_bytes(demo_run
     assert not (Path(demo_run) / "media").exists()                     # every image was referenced in place
 
 
+def test_a_global_stage_loads_narrow_rows(ray_local, tmp_path):
+    """run.json says how many bytes per row each global stage read (Parquet footers): with images
+    of ~27 KB, the sort of the shard stage moves a few hundred bytes per row."""
+    _synthetic_tars(tmp_path / "tars", 600)
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        name: g
+        sources: {{images: {{path: {tmp_path / 'tars'}, format: webdataset}}}}
+        stages:
+          - {{name: ingest, kind: ingest, source: images}}
+          - {{name: decode, kind: decode}}
+          - {{name: exact, kind: exact_dedup, columns: [image_hash]}}
+          - {{name: shard, kind: shard, corpus: g, samples_per_shard: 100}}
+    """))
+    rec = run_config(cfg, tmp_path / "run")
+    assert rec["stages"]["exact"]["counts"]["kept"] == 40              # 40 distinct images in the corpus
+    for stage in ("exact", "shard"):
+        assert 0 < rec["stages"][stage]["input_bytes_per_row"] < 1000, rec["stages"][stage]
+
+
 def test_reencoded_images_are_stored_once_and_reach_the_shards(ray_local, demo_input, tmp_path):
     run = tmp_path / "run"
     run_config(DEMO, run, inputs=[str(demo_input)], overrides=["decode.reencode=png"])
