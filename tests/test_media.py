@@ -265,3 +265,25 @@ def test_bytes_written_per_input_byte_on_a_few_thousand_rows(ray_local, tmp_path
     print(f"input {input_bytes} B, written {written} B ({written / input_bytes:.3f}x), checkpoints {ckpt / n:.0f} B/row")
     assert written / input_bytes <= 1.3
     assert ckpt / n < 2000                                             # narrow rows: no ~10 KB image per row
+
+
+def test_a_videos_frames_are_stored_once_for_all_its_qa_rows(tmp_path):
+    """Five QA rows of one video carry the same 16 sampled frames in flight; the checkpoint holds
+    five references to one stored copy of each distinct frame."""
+    frames = [_jpeg(200 + i, 64) for i in range(16)]
+    other = [_jpeg(300 + i, 64) for i in range(16)]
+    schema = pa.schema([("sample_id", pa.string()), ("status", pa.string()), ("frames_ref", pa.string()),
+                        ("_chunk", pa.string())])
+    rows = [frames] * 5 + [other, None]
+    table = pa.table({"sample_id": [f"q{i}" for i in range(7)], "status": [KEPT] * 7, "_chunk": ["v-000000"] * 7,
+                      "frames": pa.array(rows, pa.list_(pa.binary()))})
+    FragmentWrite(str(tmp_path), "seg", schema)(table)
+    written = pq.read_table(next((tmp_path / "checkpoints" / "seg" / "parts").glob("*.parquet")))
+    assert _binary_columns(written.schema) == []
+    refs = written.column("frames_ref").to_pylist()
+    assert refs[6] is None and len(set(refs[:5])) == 1
+    assert media.fetch(refs) == rows
+    stored = sum(p.stat().st_size for p in (tmp_path / "media").rglob("*.pack"))
+    assert stored == sum(map(len, frames)) + sum(map(len, other))     # each distinct frame once
+    assert media.checkpoint_columns({"frames": pa.list_(pa.binary()), "n": pa.int32()}) == {
+        "frames_ref": pa.string(), "n": pa.int32()}
