@@ -20,6 +20,11 @@ verdict) is not asked again, and the engine only starts when some row needs it.
    per bucket to the driver, which finds each bucket's cut. Dropped rows say
    ``bucket_cap: bucket 7 has 120 rows > cap 50``.
 
+Steps 1-3 read only ``sample_id``, ``source`` and the phrase (coalesced into blocks of 64k rows);
+the full rows (images included) are never materialized or shuffled. The decisions are applied
+by one map over the input rows that recomputes each row's bucket (from a table of distinct
+phrase hash -> bucket, built in a task from the narrow pass) and its seeded key.
+
 The number of buckets defaults to ``buckets_per_source`` (10, SPEC.md: about 10x the number of
 source datasets) times the number of sources present. Bucket sizes before and after sampling, and
 each bucket's most common phrases in the fit sample, go to the run record.
@@ -196,6 +201,41 @@ class _Embed:
         return table.append_column("bucket", col)
 
 
+_NARROW_BATCH = 1 << 16
+
+
+def _same(table: pa.Table) -> pa.Table:
+    return table
+
+
+def _phrase_hashes(phrases: list[str | None]) -> np.ndarray:
+    """BLAKE2b-64 of each normalised phrase (0 for none): D distinct phrases collide with
+    probability about D**2 / 2**65 (3e-6 for ten million)."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(p.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+                     if p is not None else 0 for p in phrases], dtype=np.uint64)
+
+
+def _phrase_buckets(table: pa.Table, column: str) -> pa.Table:
+    """This block's distinct (phrase hash, bucket) pairs."""
+    phrases = _phrases(table.column(column).to_pylist())
+    has = np.array([p is not None for p in phrases], dtype=bool)
+    h = _phrase_hashes(phrases)[has]
+    b = table.column("bucket").to_numpy(zero_copy_only=False).astype(np.int32)[has]
+    pairs = np.unique(np.stack([h, b.astype(np.uint64)], axis=1), axis=0) if len(h) else np.zeros((0, 2), np.uint64)
+    return pa.table({"ph": pa.array(pairs[:, 0], pa.uint64()), "bucket": pa.array(pairs[:, 1].astype(np.int32))})
+
+
+def _phrase_table(*tables: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct phrase hashes and their buckets, in one task from the block references."""
+    t = pa.concat_tables(tables) if tables else pa.table({"ph": pa.array([], pa.uint64()), "bucket": pa.array([], pa.int32())})
+    h = t.column("ph").to_numpy(zero_copy_only=False).astype(np.uint64)
+    b = t.column("bucket").to_numpy(zero_copy_only=False).astype(np.int32)
+    h, first = np.unique(h, return_index=True)
+    return h, b[first]
+
+
 def _count_groups(table: pa.Table, columns: list[str]) -> pa.Table:
     df = table.select(columns).to_pandas()
     df["rows"] = 1
@@ -228,12 +268,38 @@ def _smallest_keys(table: pa.Table, cap: int) -> pa.Table:
                      "_bal_key": pa.array(np.concatenate(out_k) if out_k else np.array([], np.int64))})
 
 
-def _apply_cap(table: pa.Table, cuts: dict[int, int], sizes: dict[int, int], cap: int, stage: str) -> pa.Table:
-    buckets = table.column("bucket").to_pylist()
-    keys = table.column("_bal_key").to_pylist()
+def _row_buckets(table: pa.Table, column: str, phrase_table) -> list[int]:
+    """Each row's bucket, looked up by its phrase's hash (-1 without a phrase)."""
+    import ray
+
+    hs, bs = ray.get(phrase_table) if isinstance(phrase_table, ray.ObjectRef) else phrase_table
+    phrases = _phrases(table.column(column).to_pylist())
+    h = _phrase_hashes(phrases)
+    i = np.minimum(np.searchsorted(hs, h), max(len(hs) - 1, 0))
+    out = []
+    for j, p in enumerate(phrases):
+        if p is None:
+            out.append(-1)
+        elif len(hs) and hs[i[j]] == h[j]:
+            out.append(int(bs[i[j]]))
+        else:
+            raise RuntimeError(f"category_balance: phrase {p!r} was not assigned a bucket: the input changed under the stage")
+    return out
+
+
+def _apply_cap(table: pa.Table, column: str, phrase_table, seed: int, cuts: dict[int, int], sizes: dict[int, int],
+               cap: int, stage: str) -> pa.Table:
+    """Marks rows past their bucket's cut, recomputing bucket and key from the row (no join)."""
+    buckets = _row_buckets(table, column, phrase_table)
+    keys = [order_key(seed, s) for s in table.column("sample_id").to_pylist()]
     hit = [b in cuts and k > cuts[b] for b, k in zip(buckets, keys)]
     reasons = [f"bucket_cap: bucket {b} has {sizes.get(b, 0)} rows > cap {cap}" if h else "" for b, h in zip(buckets, hit)]
-    return mark_arrow(table, hit, reasons, stage).drop_columns(["_bal_key"])
+    col = pa.array(buckets, pa.int32())
+    if "bucket" in table.column_names:
+        table = table.set_column(table.column_names.index("bucket"), "bucket", col)
+    else:
+        table = table.append_column("bucket", col)
+    return mark_arrow(table, hit, reasons, stage)
 
 
 def fit_buckets(sample: pd.DataFrame, k: int, seed: int) -> tuple[np.ndarray, dict[int, list[str]]]:
@@ -277,11 +343,14 @@ class CategoryBalanceStage(Stage):
         return {self.params.column: pa.string(), "source": pa.string()}
 
     def transform(self, ds, seed: int, log: Callable[[str], None]):
+        import ray
         import ray.data as rd
 
         p = self.params
         seed = p.seed if p.seed is not None else seed
-        ds = ds.materialize()
+        full = ds  # read again at the end, to mark
+        ds = (ds.select_columns(list(dict.fromkeys(["sample_id", "source", p.column])))
+              .map_batches(_same, batch_format="pyarrow", batch_size=_NARROW_BATCH).materialize())
         src_counts = ds.map_batches(_count_groups, fn_args=(["source"],), batch_format="pyarrow", batch_size=None).to_pandas()
         total = int(src_counts["rows"].sum()) if len(src_counts) else 0
         n_sources = int(src_counts["source"].nunique()) if len(src_counts) else 0
@@ -289,7 +358,7 @@ class CategoryBalanceStage(Stage):
         stats: dict[str, Any] = {"rows_before": total, "sources": n_sources, "embedder": p.embedder}
         if total == 0:
             self.run_stats = {**stats, "num_buckets": 0, "rows_after": 0, "buckets": []}
-            return ds.map_batches(_add_empty_bucket, batch_format="pyarrow", batch_size=None)
+            return full.map_batches(_add_empty_bucket, batch_format="pyarrow", batch_size=None)
 
         # 1. fit k-means on the phrases of a seeded sample of rows
         fraction = min(1.0, p.fit_sample / total)
@@ -307,8 +376,8 @@ class CategoryBalanceStage(Stage):
         k_eff = len(centroids)
         log(f"{self.name}: k-means with {k_eff} buckets fit on {len(sample)} phrases ({distinct} distinct)")
 
-        # 2. assign every row in batches
-        assigned = ds.map_batches(_Embed, fn_constructor_args=(p.embedder, p.device, p.embed_batch_size, p.column, centroids),
+        # 2. assign every row in batches (narrow rows: id, source, phrase)
+        assigned = ds.select_columns(["sample_id", p.column]).map_batches(_Embed, fn_constructor_args=(p.embedder, p.device, p.embed_batch_size, p.column, centroids),
                                   batch_format="pyarrow", batch_size=p.embed_batch_size, compute=pool)
         assigned = assigned.map_batches(_with_key, fn_args=(seed,), batch_format="pyarrow", batch_size=None).materialize()
         counts = assigned.map_batches(_count_groups, fn_args=(["bucket"],), batch_format="pyarrow", batch_size=None).to_pandas()
@@ -336,8 +405,11 @@ class CategoryBalanceStage(Stage):
                         for b in sorted(sizes)],
         }
         log(f"{self.name}: {total} rows in {len(sizes)} buckets, cap {cap}: {sum(after.values())} kept")
-        return assigned.map_batches(_apply_cap, fn_args=(cuts, sizes, cap, self.name), batch_format="pyarrow",
-                                    batch_size=self.default_resources.batch_size)
+        pairs = assigned.map_batches(_phrase_buckets, fn_args=(p.column,), batch_format="pyarrow", batch_size=None).materialize()
+        phrase_table = ray.remote(num_cpus=1)(_phrase_table).remote(*pairs.to_arrow_refs())
+        ray.wait([phrase_table], num_returns=1, fetch_local=False)  # tasks below would block on it, giving their CPU back
+        return full.map_batches(_apply_cap, fn_args=(p.column, phrase_table, seed, cuts, sizes, cap, self.name),
+                                batch_format="pyarrow", batch_size=self.default_resources.batch_size)
 
 
 def _add_empty_bucket(table: pa.Table) -> pa.Table:

@@ -181,3 +181,48 @@ def test_sum_by_key_coalesces_tiny_blocks_and_partitions_by_bytes(ray_local):
         assert len(rows) == len(got) == len(expected) and got == expected  # every key in one partition only
         results.append(got)
     assert partitions(pre.size_bytes(), 16 << 10) > 1
+
+
+# -- category_balance: narrow passes, decisions applied by a map ------------------------------------
+PHRASES = ["bar chart value comparison", "line chart trend", "table lookup", "math word problem", "geometry angle",
+           "read the sign", "count the objects", "color of the car", "read the clock", "map directions", None]
+
+
+def test_category_balance_keeps_media_out_of_its_passes(ray_local, monkeypatch):
+    import ray.data as rd
+
+    from stages.category import CategoryBalanceStage
+
+    rng = np.random.default_rng(0)
+    n = 600
+    table = pa.table({
+        "sample_id": [f"s{i:04d}" for i in range(n)], "source": ["a" if i % 2 else "b" for i in range(n)],
+        "status": ["kept"] * n, "reason": pa.nulls(n, pa.string()),
+        "category": [PHRASES[i] for i in rng.integers(0, len(PHRASES), n)],
+        "image": [bytes(rng.integers(0, 256, 4096, dtype=np.uint8)) for _ in range(n)],
+        "_decided_at": pa.nulls(n, pa.string())})
+    inputs = {b: rd.from_arrow(table).repartition(b).materialize() for b in (1, 4)}
+    held: list[set] = []
+    materialize = rd.Dataset.materialize
+
+    def recording(self, *args, **kwargs):
+        out = materialize(self, *args, **kwargs)
+        held.append(set(out.schema().names))
+        return out
+
+    monkeypatch.setattr(rd.Dataset, "materialize", recording)
+    results = {}
+    for blocks, ds in inputs.items():
+        stage = CategoryBalanceStage(CategoryBalanceStage.Params(num_buckets=5, per_bucket_cap=50), "balance")
+        results[blocks] = (stage.transform(ds, seed=0, log=lambda _: None).to_pandas().set_index("sample_id").sort_index(),
+                           stage.run_stats)
+    assert held and all("image" not in cols for cols in held), held
+    df, stats = results[1]
+    assert len(df) == n and df["image"].map(len).eq(4096).all()  # every row comes back whole, marked
+    kept = df[df["status"] == "kept"]
+    assert kept.groupby("bucket").size().max() <= 50 == stats["cap"] and len(kept) == stats["rows_after"]
+    assert (df.loc[df["category"].isna(), "bucket"] == -1).all()
+    dropped = df[df["status"] == "dropped"]
+    assert len(dropped) == n - stats["rows_after"] and dropped["reason"].str.startswith("bucket_cap: bucket ").all()
+    other, other_stats = results[4]
+    assert df[["status", "reason", "bucket"]].equals(other[["status", "reason", "bucket"]]) and stats == other_stats
