@@ -332,8 +332,14 @@ class Runner:
             else:
                 ds = _read_kept(self._upstream_fragments(seg, set(pending)))
                 rest = seg.nodes
-            for node in rest:
+            flying = media.referenced_columns(seg.end.columns)
+            shed = _media_last_needed(rest, flying)
+            if shed.get(-1):
+                ds = ds.map_batches(_shed_media, fn_args=(shed[-1],), batch_format="pyarrow", batch_size=None)
+            for i, node in enumerate(rest):
                 ds = self._apply_stage(ds, node, storage.join(ckpt.root, "actors"))
+                if shed.get(i):
+                    ds = ds.map_batches(_shed_media, fn_args=(shed[i],), batch_format="pyarrow", batch_size=None)
             self._write(ds, seg, schema)
         return self._finish(seg, ckpt, chunk_ids, expected if not is_source else None)
 
@@ -439,6 +445,35 @@ class Runner:
         if not pending:
             stats = ((ckpt.completion() or {}).get("stats") or {}).get(node.name, {})
         return self._finish(seg, ckpt, chunk_ids, expected, stats={node.name: stats} if stats else None)
+
+
+def _media_last_needed(nodes: list, columns: list[str]) -> dict[int, list[str]]:
+    """For each media column: the position of the last stage of ``nodes`` that reads it (-1: none).
+    After it the bytes are shed (``_shed_media``): later stages and the fragment writer then move
+    narrow rows through Ray Data's pandas conversions instead of copying every image each time."""
+    out: dict[int, list[str]] = {}
+    for col in columns:
+        last = -1
+        for i, node in enumerate(nodes):
+            if col in node.make_stage().input_columns():
+                last = i
+        out.setdefault(last, []).append(col)
+    return out
+
+
+def _shed_media(table: pa.Table, columns: list[str]) -> pa.Table:
+    """Drop the bytes of rows that hold a reference to them; bytes a stage made (no reference yet)
+    stay, so the fragment writer can store them."""
+    import pyarrow.compute as pc
+
+    for col in columns:
+        rcol = media.ref_column(col)
+        if col not in table.column_names or rcol not in table.column_names:
+            continue
+        values = table.column(col)
+        kept = pc.if_else(pc.is_valid(table.column(rcol)), pa.nulls(table.num_rows, values.type), values)
+        table = table.set_column(table.column_names.index(col), col, kept)
+    return table
 
 
 def _only_chunks(table: pa.Table, chunks: list[str]) -> pa.Table:
