@@ -14,9 +14,9 @@
      each), never from the input block count; each pre-summed block is cut by
      a hash of the key, and one task per partition sums its pieces again.
 
-  The exchange is plain Ray tasks, 1 CPU each. Ray Data's
-  ``groupby().map_groups`` would call Python once per group boundary and, inside
-  Ray's own code, run a multi-threaded Arrow ``group_by`` (see below).
+  The exchange is plain Ray tasks, 1 CPU each: Ray Data's ``groupby().map_groups``
+  finds its group boundaries with a multi-threaded Arrow ``group_by`` inside Ray's
+  own code (``ArrowBlockAccessor._get_group_boundaries_sorted``), which fails as below.
 
 Every Arrow ``group_by`` here runs with ``use_threads=False``. Acero sizes a
 group-by's per-thread states once per process (``ThreadIndexer::Capacity``, a
@@ -38,14 +38,6 @@ import pyarrow as pa
 COALESCE_BYTES = 64 << 20
 PARTITION_BYTES = 128 << 20
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], dtype=np.uint64)
-
-
-def task_shuffled(ds):
-    """The same dataset, its shuffles run by tasks (pull-based sort shuffle) instead of actors."""
-    from ray.data.context import ShuffleStrategy
-
-    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    return ds
 
 
 def partitions(n_bytes: int, partition_bytes: int = PARTITION_BYTES) -> int:
