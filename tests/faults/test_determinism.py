@@ -133,7 +133,8 @@ CASES = {   # config name -> case; see the module docstring for the configs cove
                                          "balance.buckets_per_source=2", "balance.per_bucket_cap=2"]),
     "cot": Case(_cot),
 }
-COVERED_BY = {"demo": "demo_caption_qa", "charts": "caption2", "demo_judge": "caption2"}
+# caption2_cpu: caption2 without its model stages; every stage it has runs in the caption2 case.
+COVERED_BY = {"demo": "demo_caption_qa", "charts": "caption2", "demo_judge": "caption2", "caption2_cpu": "caption2"}
 
 
 

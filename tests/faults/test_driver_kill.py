@@ -154,7 +154,8 @@ CASES = {
 
 def test_every_shipped_pipeline_has_a_case():
     shipped = {p.stem for p in (ROOT / "configs").glob("*.yaml")}
-    assert shipped == {case.config for case in CASES.values()} | {"demo"}  # demo: tests/test_resume.py
+    # demo: tests/test_resume.py; caption2_cpu: its stages are caption2's, killed in that case here
+    assert shipped == {case.config for case in CASES.values()} | {"demo", "caption2_cpu"}
 
 
 def one_row_at_a_time(config: Path, stage: str) -> None:
