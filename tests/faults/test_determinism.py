@@ -12,8 +12,9 @@ Each shipped pipeline runs twice in-process on the same small inputs:
   documents per block), 3 shuffle partitions where a stage takes ``partitions``, category_balance
   embedding 2 rows a call in 2 actors (not 256 in 1), and 2 engine client threads instead of 4.
 
-Then the two run directories must hold the same files, byte for byte, outside ``checkpoints/`` and
-``manifests/`` (shards, shard indexes, shard lists, instruction exports with their images), every
+Then the two run directories must hold the same files, byte for byte, outside ``checkpoints/``,
+``media/`` (intermediate bytes packed per written block, so packed differently when the blocks
+differ; what they hold reaches the shards, which are compared) and ``manifests/`` (shards, shard indexes, shard lists, instruction exports with their images), every
 manifest must hold the same rows (see ``manifest_table`` for why rows are compared sorted),
 run.json must record the same counts, reasons and stage statistics (see ``RESULT_FIELDS``), and
 the model server must have received the same requests (whole bodies: messages, answer schema,
@@ -210,11 +211,11 @@ def run_variant(config: str, case: Case, variant: str, tmp: Path, inputs: list[s
 
 # -- what must be equal --------------------------------------------------------------------------
 def output_digests(run_dir: Path) -> dict[str, str]:
-    """sha256 of every file the run wrote outside its checkpoints, manifests and run record."""
+    """sha256 of every file the run wrote outside its checkpoints, media store, manifests and run record."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
         rel = p.relative_to(run_dir).as_posix()
-        if p.is_file() and not rel.startswith(("checkpoints/", "manifests/")) and rel != "run.json":
+        if p.is_file() and not rel.startswith(("checkpoints/", "media/", "manifests/")) and rel != "run.json":
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 

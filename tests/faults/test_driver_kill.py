@@ -295,9 +295,10 @@ def kill_driver_mid_stage(config: Path, run_dir: Path, stage: str, log: Path,
 
 # -- what must be equal ---------------------------------------------------------------------------
 def outputs(run_dir: Path) -> dict[str, bytes]:
-    """Every file the run wrote outside its checkpoints, manifests and run record."""
+    """Every file the run wrote outside its checkpoints, media store (intermediate: a killed run
+    leaves packs of blocks it redid), manifests and run record."""
     return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and not p.relative_to(run_dir).as_posix().startswith(("checkpoints/", "manifests/"))
+            if p.is_file() and not p.relative_to(run_dir).as_posix().startswith(("checkpoints/", "media/", "manifests/"))
             and p.name != "run.json"}
 
 
