@@ -24,7 +24,9 @@ What it measures (issue 16, section 3)
     - bytes written per input byte: every file under the run directory (checkpoints, manifests,
       shards, run.json) over the corpus's tar bytes;
     - bytes shuffled per row for each global stage, where the stage records it in run.json
-      (``stages.<name>.stats``, any key naming ``shuffle``); otherwise ``n/a``;
+      (``stages.<name>.stats``, any key naming ``shuffle``), and the bytes per row it loaded
+      (``stages.<name>.input_bytes_per_row``, from the Parquet footers of its input: its shuffles
+      move a subset of those columns); otherwise ``n/a``;
     - peak RSS per process role (driver, gcs_server, raylet, Ray workers, actors);
     - what each planted kind became: rows that reached the shards, and the stage that dropped or
       errored the others (from the manifests), so a dedup stage that drops distinct rows or
@@ -249,6 +251,8 @@ def run_pipeline_mode(mode: str, shards: Path, work: Path, rows: int, input_byte
     for name in rec["order"]:
         st = rec["stages"][name]
         found = shuffle_stats(st.get("stats") or {})
+        if "input_bytes_per_row" in st:  # what the global stage loads per row (Parquet footers): an upper bound
+            found["loaded_bytes_per_row"] = st["input_bytes_per_row"]
         if name in global_stages or found:
             shuffles[name] = found or "n/a"
     written = tree_bytes(run_dir)
