@@ -62,6 +62,12 @@ def ensure_ray() -> None:
 
     if ray.is_initialized():
         return
+    # Ray Data's Parquet reader resizes Arrow's CPU pool to 32 threads inside every read task, and
+    # Ray reuses workers: a later multi-threaded Arrow group-by in that worker (Ray's own
+    # map_groups included) then fails with "thread index 10 is out of range [0, 10)" (issue 16's
+    # crash; tests/test_resample_scale.py). Workers of a local cluster inherit this; on a cluster
+    # the nodes set it (ray_cluster.yaml).
+    os.environ.setdefault("RAY_DATA_PARQUET_READER_CPU_COUNT", "0")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -72,6 +78,10 @@ def ensure_ray() -> None:
 
     from ray.data.context import ShuffleStrategy
 
+    # Every Parquet read lists its files through RAY_DATA_PARQUET_FOOTER_NUM_ACTORS actors (32 by
+    # default, whatever the cluster): 34 Python workers on 2 cores. One per 8 CPUs, 1 to 32.
+    cpus = ray.cluster_resources().get("CPU", 1)
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(max(1, min(32, int(cpus // 8)))))
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = True
     # Group-bys (dedup, resampling, components) as task-based sort shuffles: Ray 2.60's default
