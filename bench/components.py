@@ -141,7 +141,7 @@ def part2(args) -> None:
 
     from stages.dedup import ExactDedupStage, MinHashDedupStage
 
-    recorded: list[int] = []
+    recorded: list[int] = []  # bytes of each shuffle's input, in call order
     sort = Dataset.sort
 
     def rec(self, *a, **k):
@@ -151,7 +151,7 @@ def part2(args) -> None:
     Dataset.sort = rec
     try:
         print(f"\nbytes moved by shuffles per input row ({args.rows:,} rows, 10% exact and 10% near copies)")
-        print(f"{'stage':16}{'no media':>12}{'100 KB image':>14}  shuffles")
+        print(f"{'stage':16}{'no media':>12}{'100 KB image':>14}  shuffles: bytes per row of each (with media)")
         for stage in (ExactDedupStage(ExactDedupStage.Params(), "exact_dedup"),
                       MinHashDedupStage(MinHashDedupStage.Params(), "minhash_dedup")):
             per = []
@@ -160,7 +160,8 @@ def part2(args) -> None:
                 ds = rd.from_arrow(shuffle_rows(args.rows, media)).repartition(8).materialize()
                 stage.transform(ds, seed=0, log=lambda m: None).materialize()
                 per.append((sum(recorded) / args.rows, len(recorded)))
-            print(f"{stage.name:16}{per[0][0]:>12.1f}{per[1][0]:>14.1f}  {per[0][1]}", flush=True)
+            print(f"{stage.name:16}{per[0][0]:>12.1f}{per[1][0]:>14.1f}  {per[0][1]}: "
+                  + ", ".join(f"{b / args.rows:.1f}" for b in recorded), flush=True)
     finally:
         Dataset.sort = sort
 
