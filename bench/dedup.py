@@ -398,7 +398,7 @@ def runner_child(spec: dict) -> dict:
         mem.sample(mem._psutil.Process())
         cpu0_workers, cpu0_system, cpu0_driver = mem.cpu_seconds(True), mem.cpu_seconds(False), own_cpu()
         t0 = time.perf_counter()
-        run_pipeline(cfg, RunOptions(run_dir=spec["run_dir"], log=log.append))
+        record = run_pipeline(cfg, RunOptions(run_dir=spec["run_dir"], log=log.append))
         seconds = time.perf_counter() - t0
         driver_peak = peak_rss()
         cpu_driver = own_cpu() - cpu0_driver
@@ -410,7 +410,7 @@ def runner_child(spec: dict) -> dict:
         "exact_dropped": ex.loc[ex["status"] == "dropped", "source_key"].tolist(),
         "near_dropped": mh.loc[mh["status"] == "dropped", "source_key"].tolist(),
         "rows_in": int(len(ex)),
-        "rounds": sum(1 for line in log if "label propagation round" in line),
+        "rounds": ((record["stages"]["minhash_dedup"].get("stats") or {}).get("rounds")),
         "log": [line for line in log if "minhash_dedup" in line][:12],
         "driver_rss_after_ray_init_mib": _mib(driver_after_init), "driver_peak_rss_mib": _mib(driver_peak),
         "driver_sampled_peak_rss_mib": _mib(mem.driver_max),

@@ -196,8 +196,8 @@ class PHashDedupParams(Params):
     min_frame_match: float = Field(0.8, gt=0, le=1, description="videos: share of frames that must match")
     max_offset: int = Field(1, ge=0, description="videos: temporal offset tolerance, in sampled frames")
     prefer: str | None = Field(None, description="numeric column: each cluster keeps its highest (ties: smallest sample_id)")
-    max_rounds: int = Field(64, ge=1, description="label-propagation rounds before giving up")
-    partitions: int | None = Field(None, ge=1, description="shuffle partitions per groupby (None: Ray Data's default, 200)")
+    max_rounds: int = Field(64, ge=1, description="connected-component rounds (large-star/small-star, ~2 log2 of the largest cluster) before giving up")
+    partitions: int | None = Field(None, ge=1, description="shuffle partitions (None: Ray Data's default for the bucket group-by; the components step sizes its own from bytes, ~128 MiB each)")
 
 
 def _video_key_rows(table: pa.Table, column: str, chunks: int, prefer: str | None) -> pa.Table:
