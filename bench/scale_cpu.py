@@ -38,6 +38,7 @@ What it measures (issue 16, section 3)
 
     python bench/scale_cpu.py --rows 10000 [--rows 100000] [--rows 1000000] [--out bench/out/scale_cpu]
                               [--only loop,demo,caption2_cpu] [--seed 0] [--samples-per-tar N] [--keep-runs]
+                              [--kill-at 0.5]   # SIGKILL a second run half way, resume, compare shards
 """
 from __future__ import annotations
 
@@ -264,6 +265,53 @@ def run_pipeline_mode(mode: str, shards: Path, work: Path, rows: int, input_byte
             "max_load": r.max_load, "planted": planted_outcome(run_dir, truth, rec["order"]), "out_dir": run_dir}
 
 
+def _digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def kill_and_resume(mode: str, shards: Path, work: Path, reference: Path, wall_s: float, fraction: float) -> dict:
+    """SIGKILL a run of ``mode`` (the driver and the local Ray it started) after ``fraction`` of the
+    undisturbed run's wall time, rerun the same command to the end, and compare its shards (every
+    file under ``shards/``, index and list included) with the undisturbed run's, byte for byte."""
+    import signal
+
+    from bench.scale import _sailcurate
+
+    args = {"demo": [CONFIGS["demo"], "--input", str(shards), "--set", "sources.images.format=webdataset",
+                     "--set", "shard.samples_per_shard=1000"],
+            "caption2_cpu": [CONFIGS["caption2_cpu"], "--input", str(shards)]}[mode]
+    run_dir = work / f"run_{mode}_killed"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = _sailcurate() + ["run"] + args + ["--out", str(run_dir)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    with open(work / f"{mode}_killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=wall_s * fraction)
+            ended_early = True
+        except subprocess.TimeoutExpired:
+            ended_early = False
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    killed_at = time.perf_counter() - t0
+    segments_done = sorted(p.parent.name for p in (run_dir / "checkpoints").glob("*/_SUCCESS.json"))
+    t1 = time.perf_counter()
+    with open(work / f"{mode}_resumed.log", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True).returncode
+    resumed_s = time.perf_counter() - t1
+    if rc != 0:
+        return {"error": f"resumed run exited {rc}; log {work / f'{mode}_resumed.log'}"}
+    a, b = _digests(reference / "shards"), _digests(run_dir / "shards")
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    out = {"killed_after_s": round(killed_at, 1), "ended_before_the_kill": ended_early,
+           "segments_complete_at_kill": segments_done, "resumed_s": round(resumed_s, 1),
+           "shard_files": len(a), "identical": not differ, "differ": differ[:10]}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
 # -- report -----------------------------------------------------------------------------------
 
 def _global_stages(config: str) -> list[str]:
@@ -317,6 +365,9 @@ def main() -> int:
     ap.add_argument("--build-workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     ap.add_argument("--keep-runs", action="store_true", help="keep run directories (default: measured, then removed)")
+    ap.add_argument("--kill-at", type=float, default=None, metavar="FRACTION",
+                    help="also SIGKILL a second run of each pipeline mode after FRACTION of the first run's wall "
+                         "time (e.g. 0.5), resume it, and compare its shards byte for byte with the first run's")
     ap.add_argument("--_loop", nargs=2, metavar=("SHARDS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._loop:
@@ -375,6 +426,10 @@ def main() -> int:
                 results[mode] = {"error": f"{type(e).__name__}: {e}"[-5000:]}
                 continue
             print_mode(mode, res, loop_rate if mode != "loop" else None)
+            if args.kill_at and mode != "loop":
+                kr = kill_and_resume(mode, shards, work, Path(res["out_dir"]), res["wall_s"], args.kill_at)
+                res["kill_and_resume"] = kr
+                print(f"    SIGKILL at {args.kill_at:g} of the wall time, then resumed: {kr}", flush=True)
             if not args.keep_runs:
                 shutil.rmtree(res["out_dir"], ignore_errors=True)
             res["out_dir"] = str(res["out_dir"])
