@@ -29,20 +29,9 @@ import pyarrow as pa  # noqa: E402
 
 
 def union_find(pairs) -> dict[str, str]:
-    parent: dict[str, str] = {}
+    from dedup.components import union_find_labels
 
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {v: find(v) for v in list(parent)}
+    return union_find_labels(pairs)
 
 
 def graphs(n: int, path_len: int, seed: int = 0):

@@ -369,19 +369,10 @@ def part_images(n: int, threshold: int, seed: int) -> None:
 
 def clusters(n: int, pairs, u: np.ndarray, threshold: int) -> dict:
     """What connected components make of the pairs (as the stage: smallest index represents)."""
-    parent = list(range(n))
+    from dedup.components import union_find_labels
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(n)])
+    labels = union_find_labels(pairs, range(n))
+    roots = np.array([labels[i] for i in range(n)])
     sizes = np.bincount(roots, minlength=n)
     dropped = np.flatnonzero(roots != np.arange(n))
     far = int((popcount(u[dropped] ^ u[roots[dropped]]) > threshold).sum())

@@ -142,6 +142,38 @@ def map_partitions(ds, fn, *args):
     return ds.map_batches(fn, fn_args=args, batch_format="pyarrow", batch_size=None)
 
 
+class UnionFind:
+    """Union by smallest member, with path halving: the root of a set is its smallest item, the
+    label the distributed components give. In-memory: for a bucket's pairs, and the reference the
+    tests and benches check the distributed components against."""
+
+    def __init__(self, items=()):
+        self.parent = {x: x for x in items}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def labels(self) -> dict:
+        return {x: self.find(x) for x in list(self.parent)}
+
+
+def union_find_labels(pairs, nodes=()) -> dict:
+    """Every node (those in ``nodes`` and in ``pairs``) -> the smallest node of its component."""
+    uf = UnionFind(nodes)
+    for a, b in pairs:
+        uf.union(a, b)
+    return uf.labels()
+
+
 # -- edges -------------------------------------------------------------------------------
 def edge_table(node, nbr, pref) -> pa.Table:
     """Directed edge rows (label = node). Columns past node, nbr and prefer are kept for

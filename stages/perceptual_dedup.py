@@ -103,7 +103,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from dedup.components import PREF, edge_table, prefer_values, resolve_clusters, star_edges
+from dedup.components import PREF, UnionFind, edge_table, prefer_values, resolve_clusters, star_edges
 from stages.base import ERROR, KEPT, Params, Resources, Stage
 
 _FP = "_fp"
@@ -304,7 +304,7 @@ def _image_group(group: pa.Table, masks: np.ndarray, threshold: int, confirm_thr
         threshold, confirm_threshold)
     ids = g.column("sample_id").to_pylist()
     prefs = dict(zip(ids, g.column(PREF).to_pylist()))
-    uf = _UnionFind([])
+    uf = UnionFind([])
     dup = np.flatnonzero((rep != np.arange(len(rep))) & (t == 0))  # identical rows, counted in table 0
     for x, y in zip(rep[dup].tolist(), dup.tolist()):
         uf.union(ids[x], ids[y])
@@ -318,23 +318,6 @@ def _image_group(group: pa.Table, masks: np.ndarray, threshold: int, confirm_thr
     if n_cand:
         out = pa.concat_tables([out, _with_stats(edge_table([""], [""], [0.0]), n_cand, n_ver, largest)])
     return out
-
-
-class _UnionFind:
-    def __init__(self, items):
-        self.parent = {x: x for x in items}
-
-    def find(self, x):
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _video_pairs(fps: list[tuple[int, ...]], key: tuple[int, int], chunks: int, threshold: int,
@@ -367,7 +350,7 @@ def _video_bucket(group: pa.Table, chunks: int, threshold: int, min_frame_match:
         uniq.setdefault(members[s][1], []).append(s)
     fps = list(uniq)
     sizes = [len(uniq[f]) for f in fps]
-    uf = _UnionFind(ids)
+    uf = UnionFind(ids)
     n_cand = n_ver = 0
     for f, same in uniq.items():  # identical fingerprints: counted in the bucket of their smallest key
         if len(same) > 1 and min(fingerprint_keys(f, chunks, skip_flat=True)) == key:

@@ -13,23 +13,13 @@ import pyarrow as pa
 import pytest
 
 from dedup.components import (_REP, PART, _component_decisions, _star_step, _state_rows, edge_table,
-                              representative_order)
+                              representative_order, union_find_labels)
 
 
 def union_find(pairs, nodes) -> dict[str, str]:
-    parent = {v: v for v in nodes}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {v: find(v) for v in nodes}
+    """The plain in-memory answer (smallest member of each component) the rounds must reach."""
+    labels = union_find_labels(pairs, nodes)
+    return {v: labels[v] for v in nodes}
 
 
 def as_edges(pairs, prefs) -> pa.Table:
