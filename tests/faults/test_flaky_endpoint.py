@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_config
+from pipeline import media
 from faults.endpoint import config_on_server
 from faults.schema_server import OUTCOMES, FaultPlan, SchemaServer, garbage_answer, request_key
 from helpers import assert_conservation, manifest
@@ -68,7 +69,11 @@ def stage_inputs(run_dir: Path, stage: str) -> pd.DataFrame:
     """Every row the stage was given, as committed in its segment's checkpoint, by sample_id."""
     record = json.loads((run_dir / "run.json").read_text())
     parts = run_dir / "checkpoints" / record["stages"][stage]["segment"] / "parts"
-    return pd.read_parquet(parts).set_index("sample_id")
+    rows = pd.read_parquet(parts).set_index("sample_id")
+    # Checkpoints hold media references (pipeline/media.py): the bytes the stage was given.
+    for ref in [c for c in rows.columns if c.endswith(media.REF_SUFFIX)]:
+        rows[ref[: -len(media.REF_SUFFIX)]] = media.fetch(list(rows[ref].where(rows[ref].notna(), None)))
+    return rows
 
 
 def assert_server_saw(server: SchemaServer, keys: dict[str, list[str]]) -> dict[str, set[str]]:
