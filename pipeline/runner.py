@@ -299,8 +299,6 @@ class Runner:
     def _upstream_fragments(self, seg: Segment, chunks: set[str]) -> list:
         return [f for up in seg.inputs for f in Checkpoint(self.run_dir, up).fragments() if f.chunk in chunks]
 
-    def _upstream_files(self, seg: Segment, chunks: set[str]) -> list[str]:
-        return [f.uri for f in self._upstream_fragments(seg, chunks)]
 
     def _run_map(self, seg: Segment, ckpt: Checkpoint, force: bool) -> dict[str, dict]:
         import ray.data as rd
