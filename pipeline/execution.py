@@ -255,6 +255,59 @@ class FragmentWrite:
                          "kept": pa.array(kept, pa.int64())})
 
 
+def shed_media(table: pa.Table, columns: list[str]) -> pa.Table:
+    """Drop the bytes of rows that hold a reference to them; bytes a stage made (no reference yet)
+    stay, so the fragment writer can store them."""
+    import pyarrow.compute as pc
+
+    for col in columns:
+        rcol = media.ref_column(col)
+        if col not in table.column_names or rcol not in table.column_names:
+            continue
+        values = table.column(col)
+        kept = pc.if_else(pc.is_valid(table.column(rcol)), pa.nulls(table.num_rows, values.type), values)
+        table = table.set_column(table.column_names.index(col), col, kept)
+    return table
+
+
+class StageChain:
+    """Consecutive stateless stages applied to one block in one task, each in its own batch size.
+
+    Why not one Ray Data ``map_batches`` per stage: Ray fuses them into one task anyway, but a
+    fused operator bundles its *input* up to the largest downstream ``batch_size``. Behind a source
+    read whose rows are work units (one tar each), decode's 32 or 256 bundled that many tars into
+    one task, so a segment of fewer units than that ran on one core however many the cluster had.
+    Here the chain takes whole blocks (``batch_size=None``), so each unit stays one task, and the
+    stages still see the batch sizes they declare.
+
+    ``steps``: per stage, the ``StageCall`` arguments, its batch size and the media columns to shed
+    after it (``shed_media``)."""
+
+    def __init__(self, steps: list[tuple[tuple, int, list[str]]], shed_first: list[str] | None = None):
+        self.steps = steps
+        self.shed_first = shed_first or []
+        self._calls: list[StageCall] | None = None
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from ray.data.block import BlockAccessor  # Ray Data's own pandas conversion, as map_batches uses
+
+        if self._calls is None:
+            self._calls = [StageCall(*args) for args, _, _ in self.steps]
+        if self.shed_first:
+            table = shed_media(table, self.shed_first)
+        for call, (_, batch_size, shed) in zip(self._calls, self.steps):
+            parts = [call(BlockAccessor.for_block(table.slice(at, batch_size)).to_pandas())
+                     for at in range(0, table.num_rows, batch_size)] or [call(BlockAccessor.for_block(table).to_pandas())]
+            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+            if shed:
+                table = shed_media(table, shed)
+        return table
+
+
+def run_stage_chain(table: pa.Table, steps: list, shed_first: list[str]) -> pa.Table:
+    return StageChain(steps, shed_first)(table)
+
+
 def read_units(units: pa.Table, kind: str, params: dict, name: str, context: StageContext,
                run_dir: str, checkpoint: str, schema: pa.Schema) -> pa.Table:
     return SourceRead(kind, params, name, context, run_dir, checkpoint, schema)(units)
@@ -272,4 +325,4 @@ def write_fragments(table: pa.Table, run_dir: str, stage: str, schema: pa.Schema
 
 
 __all__ = ["SourceRead", "StageCall", "FragmentWrite", "conform", "build_stage", "Params",
-           "read_units", "run_stage_batch", "write_fragments"]
+           "read_units", "run_stage_batch", "run_stage_chain", "shed_media", "StageChain", "write_fragments"]

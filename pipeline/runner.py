@@ -27,7 +27,7 @@ from manifests.writer import write_segment_manifests, write_sink_manifest
 from pipeline import actor_timing, cluster_fit, media, storage
 from pipeline.checkpoint import Checkpoint, row_bytes
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.execution import StageCall, read_units, run_stage_batch, write_fragments
+from pipeline.execution import StageCall, read_units, run_stage_batch, run_stage_chain, shed_media, write_fragments
 from pipeline.remote_call import off_driver
 from pipeline.graph import Plan, Segment, build_plan
 from stages.base import CHUNK_COLUMN, DROPPED, ERROR, KEPT, RUNNER_COLUMNS, StageContext, is_media_type
@@ -342,20 +342,24 @@ class Runner:
                 rest = seg.nodes
             flying = media.referenced_columns(seg.end.columns)
             shed = _media_last_needed(rest, flying)
-            if shed.get(-1):
-                ds = ds.map_batches(_shed_media, fn_args=(shed[-1],), batch_format="pyarrow", batch_size=None)
-            for i, node in enumerate(rest):
-                ds = self._apply_stage(ds, node, storage.join(ckpt.root, "actors"))
-                if shed.get(i):
-                    ds = ds.map_batches(_shed_media, fn_args=(shed[i],), batch_format="pyarrow", batch_size=None)
-            self._write(ds, seg, schema)
+            # Task stages fuse with the read in front of them when they ask for at least its CPUs.
+            read_cpus = first.spec.resources.num_cpus if is_source else 1.0
+            ds, fuse_cpus = self._apply_nodes(ds, rest, shed, storage.join(ckpt.root, "actors"), read_cpus)
+            self._write(ds, seg, schema, fuse_cpus=fuse_cpus)
         return self._finish(seg, ckpt, chunk_ids, expected if not is_source else None)
 
-    def _write(self, ds, seg: Segment, schema: pa.Schema) -> None:
-        """The last step of every segment plan: commit fragments; only counts reach the driver."""
+    def _write(self, ds, seg: Segment, schema: pa.Schema, fuse_cpus: float | None = None) -> None:
+        """The last step of every segment plan: commit fragments; only counts reach the driver.
+
+        ``fuse_cpus``: the CPUs of the segment's last task stage. Asking for the same lets Ray Data
+        fuse the writer into that task, so a block is written where it was made instead of crossing
+        the object store to a writer task (and the two operators do not split the CPU budget: with
+        a separate writer, Ray Data's reservations left one of two cores to a decode segment).
+        After an actor stage the writer stays a light task of its own."""
         ds = ds.map_batches(
             write_fragments, batch_size=None, batch_format="pyarrow",
-            fn_args=(self.run_dir, seg.name, schema, self.options.media_store), num_cpus=0.25,
+            fn_args=(self.run_dir, seg.name, schema, self.options.media_store),
+            num_cpus=0.25 if fuse_cpus is None else fuse_cpus,
         )
         for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             pass
@@ -389,14 +393,51 @@ class Runner:
         })
         return stage_counts
 
+    def _apply_nodes(self, ds, nodes: list, shed: dict[int, list[str]], timing_dir: str,
+                     read_cpus: float) -> tuple[Any, float | None]:
+        """Each run of consecutive CPU task stages becomes one ``StageChain`` over whole blocks
+        (why: pipeline/execution.py); stateful and GPU stages get their own operator. Returns the
+        plan and the CPUs of its last task operator (None when it ends in an actor pool), which
+        the writer asks for to fuse into it. ``shed[i]``: media dropped after node i (-1: first)."""
+        import ray.data as rd
+
+        pending = list(shed.get(-1, []))
+        fuse: float | None = read_cpus
+        i = 0
+        while i < len(nodes):
+            if nodes[i].stage_cls.stateful or nodes[i].spec.resources.num_gpus:
+                if pending:
+                    ds = ds.map_batches(_shed_media, fn_args=(pending,), batch_format="pyarrow", batch_size=None)
+                ds = self._apply_stage(ds, nodes[i], timing_dir)
+                pending, fuse = list(shed.get(i, [])), None
+                i += 1
+                continue
+            j = i
+            while j < len(nodes) and not (nodes[j].stage_cls.stateful or nodes[j].spec.resources.num_gpus):
+                j += 1
+            steps = [(self._call_args(n), n.spec.resources.batch_size, shed.get(k, []))
+                     for k, n in enumerate(nodes[i:j], start=i)]
+            cpus = max([n.spec.resources.num_cpus for n in nodes[i:j]] + ([fuse] if fuse is not None else []))
+            ds = ds.map_batches(run_stage_chain, fn_args=(steps, pending), batch_size=None,
+                                batch_format="pyarrow", num_cpus=cpus)
+            pending, fuse = [], cpus
+            i = j
+        if pending:
+            ds = ds.map_batches(_shed_media, fn_args=(pending,), batch_format="pyarrow", batch_size=None,
+                                num_cpus=1.0 if fuse is None else fuse)
+        return ds, fuse
+
+    def _call_args(self, node) -> tuple:
+        return (node.spec.kind, node.spec.params.model_dump(mode="json"), node.name, self._context(node.name),
+                node.make_stage().output_columns())
+
     def _apply_stage(self, ds, node, timing_dir: str | None = None):
         """Stateful stages (models) get an actor pool; stateless ones run as tasks Ray Data can fuse.
         Actors record how busy they were under ``timing_dir`` (pipeline/actor_timing.py)."""
         import ray.data as rd
 
         res = node.spec.resources
-        args = (node.spec.kind, node.spec.params.model_dump(mode="json"), node.name, self._context(node.name),
-                node.make_stage().output_columns())
+        args = self._call_args(node)
         common = dict(batch_size=res.batch_size, batch_format="pandas", num_cpus=res.num_cpus)
         if res.num_gpus:
             common["num_gpus"] = res.num_gpus
@@ -469,19 +510,7 @@ def _media_last_needed(nodes: list, columns: list[str]) -> dict[int, list[str]]:
     return out
 
 
-def _shed_media(table: pa.Table, columns: list[str]) -> pa.Table:
-    """Drop the bytes of rows that hold a reference to them; bytes a stage made (no reference yet)
-    stay, so the fragment writer can store them."""
-    import pyarrow.compute as pc
-
-    for col in columns:
-        rcol = media.ref_column(col)
-        if col not in table.column_names or rcol not in table.column_names:
-            continue
-        values = table.column(col)
-        kept = pc.if_else(pc.is_valid(table.column(rcol)), pa.nulls(table.num_rows, values.type), values)
-        table = table.set_column(table.column_names.index(col), col, kept)
-    return table
+_shed_media = shed_media
 
 
 def _only_chunks(table: pa.Table, chunks: list[str]) -> pa.Table:
