@@ -37,7 +37,8 @@ from pydantic import Field
 
 from pipeline import media, storage
 from stages.base import DROPPED, ERROR, KEPT, Params, Resources, Stage, limit_units
-from stages.tar_stream import BudgetedStream, TarExpansionError, check_complete, open_tar
+from stages.tar_fast import plain_members
+from stages.tar_stream import BudgetedStream, TarExpansionError, check_complete, is_compressed, open_tar
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TEXT_NAMES = ("text", "caption", "txt", "TEXT", "Caption")
@@ -221,38 +222,59 @@ class IngestStage(Stage):
             else:  # object stores: one request for the tar, not two per member
                 with fs.open_input_stream(p) as raw:
                     fileobj = io.BytesIO(raw.read())
-            with fileobj, open_tar(fileobj, self.params.max_tar_expansion) as tf:
-                # Members of an uncompressed tar are byte ranges of the file itself: referenced.
-                addressable = not isinstance(tf.fileobj, BudgetedStream)
-                tar_uri = _absolute(unit["path"])
-                for m in tf:
-                    name = m.name
-                    base = name.rsplit("/", 1)[-1]
-                    if "." not in base:
-                        continue
-                    key = name[: len(name) - len(base)] + base.split(".", 1)[0]
-                    ext = base.split(".", 1)[1].lower()
-                    if key != current_key or not pending:
-                        flush()
-                        current_key, members, pending = key, {}, True
-                    unsafe = unsafe_member_name(name)
-                    if unsafe:
-                        members.setdefault("_errors", []).append(f"{ext}: {unsafe}")
-                        continue
-                    if ext in members:
-                        members.setdefault("_errors", []).append(f"{ext}: duplicate member {name}")
-                        continue
-                    if not m.isfile():
-                        members.setdefault("_errors", []).append(f"{ext}: not a regular file ({tar_member_type(m)})")
-                        continue
-                    if m.size > self.params.max_member_bytes:
-                        members.setdefault("_errors", []).append(f"{ext}: member of {m.size} bytes exceeds max_member_bytes")
-                        continue
-                    f = tf.extractfile(m)
-                    members[ext] = f.read() if f is not None else b""
-                    if addressable and not m.sparse:
-                        members.setdefault("_at", {})[ext] = (tar_uri, m.offset_data)
-                check_complete(tf)  # an end-of-archive block; a compressed tar's checksum
+
+            def take(m, read, addressable: bool) -> None:
+                nonlocal current_key, members, pending
+                name = m.name
+                base = name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    return
+                key = name[: len(name) - len(base)] + base.split(".", 1)[0]
+                ext = base.split(".", 1)[1].lower()
+                if key != current_key or not pending:
+                    flush()
+                    current_key, members, pending = key, {}, True
+                unsafe = unsafe_member_name(name)
+                if unsafe:
+                    members.setdefault("_errors", []).append(f"{ext}: {unsafe}")
+                    return
+                if ext in members:
+                    members.setdefault("_errors", []).append(f"{ext}: duplicate member {name}")
+                    return
+                if not m.isfile():
+                    members.setdefault("_errors", []).append(f"{ext}: not a regular file ({tar_member_type(m)})")
+                    return
+                if m.size > self.params.max_member_bytes:
+                    members.setdefault("_errors", []).append(f"{ext}: member of {m.size} bytes exceeds max_member_bytes")
+                    return
+                members[ext] = read(m)
+                if addressable and not m.sparse:
+                    members.setdefault("_at", {})[ext] = (tar_uri, m.offset_data)
+
+            tar_uri = _absolute(unit["path"])
+            with fileobj:
+                # Most tars hold plain files only: their headers are walked without tarfile
+                # (stages/tar_fast.py); anything else, or any doubt, goes through tarfile.
+                plain = plain_members(fileobj) if not is_compressed(fileobj) else None
+                if plain is not None:
+                    def read_plain(m) -> bytes:
+                        fileobj.seek(m.offset_data)
+                        return fileobj.read(m.size)
+
+                    for m in plain:
+                        take(m, read_plain, True)
+                else:
+                    with open_tar(fileobj, self.params.max_tar_expansion) as tf:
+                        # Members of an uncompressed tar are byte ranges of the file itself: referenced.
+                        addressable = not isinstance(tf.fileobj, BudgetedStream)
+
+                        def read_member(m) -> bytes:
+                            f = tf.extractfile(m)
+                            return f.read() if f is not None else b""
+
+                        for m in tf:
+                            take(m, read_member, addressable)
+                        check_complete(tf)  # an end-of-archive block; a compressed tar's checksum
             flush()
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             # Rows parsed before the damage are kept; the damage itself is one error row.

@@ -52,6 +52,14 @@ def open_tar(fileobj: BinaryIO, max_expansion: float) -> tarfile.TarFile:
     return tarfile.open(fileobj=fileobj, mode="r:")
 
 
+def is_compressed(fileobj: BinaryIO) -> bool:
+    """Whether ``open_tar`` would decompress ``fileobj`` (seekable; left at its start)."""
+    fileobj.seek(0)
+    head = fileobj.read(6)
+    fileobj.seek(0)
+    return any(head.startswith(magic) for magic, _, _ in _OPENERS)
+
+
 def check_complete(tf: tarfile.TarFile) -> None:
     """After iterating ``tf``: raise ``tarfile.ReadError`` unless the archive ended as a whole one
     does. tarfile stops quietly at a cut or garbled header after the first member; a complete
