@@ -17,14 +17,14 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 
 import pyarrow as pa
 from pydantic import Field
 
 from pipeline import storage
+from stages.tar_write import TarWriter
 from stages.shard import (
-    INDEX_SCHEMA, ShardParams, ShardStage, TokenCounter, _NOT_SCORES, _tarinfo, visual_tokens, with_media,
+    INDEX_SCHEMA, ShardParams, ShardStage, TokenCounter, _NOT_SCORES, visual_tokens, with_media,
 )
 
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp",
@@ -60,7 +60,7 @@ def write_instruction_shard(index: int, name: str, out_dir: str, pieces: list[tu
     with_media(rows, p.images_column)  # checkpoints hold references (pipeline/media.py)
     index_rows = []
     with storage.open_output_atomic(storage.join(out_dir, name)) as out:
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
+        with TarWriter(out) as tf:
             for pos, row in enumerate(rows):
                 key = row["sample_id"]
                 messages = json.loads(row.get(p.messages_column) or "[]")
@@ -95,7 +95,7 @@ def write_instruction_shard(index: int, name: str, out_dir: str, pieces: list[tu
                 members.insert(0, (f"{key}.json", json.dumps(sample, ensure_ascii=False, sort_keys=True,
                                                               default=str).encode("utf-8")))
                 for mname, data in members:
-                    tf.addfile(_tarinfo(mname, len(data)), io.BytesIO(data))
+                    tf.add(mname, data)
                 index_rows.append({"sample_id": key, "source": row.get("source"), "source_key": row.get("source_key"),
                                    "shard": name, "key": key, "position": pos, "text_tokens": ttok, "visual_tokens": vtok})
     storage.write_parquet(storage.join(out_dir, "_index", f"{index:06d}.parquet"),

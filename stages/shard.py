@@ -14,11 +14,9 @@ tokens, images, tiles, visual tokens and total length.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import re
-import tarfile
 import time
 from typing import Any, Callable, Iterator
 
@@ -28,6 +26,7 @@ from pydantic import Field
 from pipeline import media, storage
 from pipeline.remote_call import off_driver
 from stages.base import KEPT, Params, Resources, Stage
+from stages.tar_write import TarWriter
 
 _REGEX_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _NOT_SCORES = {"sample_id", "source", "source_key", "status", "reason", "text", "image", "image_name", "meta",
@@ -113,12 +112,6 @@ def _add_order(table: pa.Table, seed: int) -> pa.Table:
     return table.append_column("_order", pa.array(keys, pa.int64()))
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
-    return ti
-
-
 def _sample_json(row: dict, p: ShardParams, counter: TokenCounter, media_name: str | None) -> dict:
     tiles, vtok = visual_tokens(row.get("width"), row.get("height"), p)
     ttok = counter(row.get("text"))
@@ -149,7 +142,7 @@ def write_shard(index: int, name: str, out_dir: str, pieces: list[tuple[int, int
     with_media(rows, "image")
     index_rows = []
     with storage.open_output_atomic(storage.join(out_dir, name)) as out:
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
+        with TarWriter(out) as tf:
             for pos, row in enumerate(rows):
                 key = row["sample_id"]
                 media_name = None
@@ -166,7 +159,7 @@ def write_shard(index: int, name: str, out_dir: str, pieces: list[tuple[int, int
                 if row.get("text") is not None:
                     members.append((f"{key}.txt", row["text"].encode("utf-8")))
                 for mname, data in members:
-                    tf.addfile(_tarinfo(mname, len(data)), io.BytesIO(data))
+                    tf.add(mname, data)
                 index_rows.append({"sample_id": key, "source": row.get("source"), "source_key": row.get("source_key"),
                                    "shard": name, "key": key, "position": pos,
                                    "text_tokens": meta["tokens"]["text"], "visual_tokens": meta["tokens"]["visual"]})

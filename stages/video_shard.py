@@ -21,18 +21,17 @@ counted on its first row only, so sums over the index are the shards' totals.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-import tarfile
 from typing import Any, Callable
 
 import pyarrow as pa
 from pydantic import Field
 
 from pipeline import storage
-from stages.shard import INDEX_SCHEMA, ShardParams, ShardStage, TokenCounter, _NOT_SCORES, _tarinfo, order_key
+from stages.tar_write import TarWriter
+from stages.shard import INDEX_SCHEMA, ShardParams, ShardStage, TokenCounter, _NOT_SCORES, order_key
 
 
 class VideoShardParams(ShardParams):
@@ -92,7 +91,7 @@ def write_video_shard(index: int, name: str, out_dir: str, pieces: list[tuple[in
     skip = _NOT_SCORES | _video_columns()
     index_rows = []
     with storage.open_output_atomic(storage.join(out_dir, name)) as out:
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tf:
+        with TarWriter(out) as tf:
             for pos, members in enumerate(groups.values()):
                 members.sort(key=lambda r: (r.get("qa_index") or 0, r["sample_id"]))
                 first = members[0]
@@ -119,10 +118,10 @@ def write_video_shard(index: int, name: str, out_dir: str, pieces: list[tuple[in
                     "bucket": first.get("bucket"),
                 }
                 data = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-                tf.addfile(_tarinfo(f"{key}.json", len(data)), io.BytesIO(data))
+                tf.add(f"{key}.json", data)
                 f, size = _open_video(first)
                 with f:
-                    tf.addfile(_tarinfo(media, size), f)
+                    tf.add_file(media, size, f)
                 for i, r in enumerate(members):
                     index_rows.append({"sample_id": r["sample_id"], "source": r.get("source"),
                                        "source_key": r.get("source_key"), "shard": name, "key": key, "position": pos,
