@@ -270,10 +270,13 @@ def _digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def kill_and_resume(mode: str, shards: Path, work: Path, reference: Path, wall_s: float, fraction: float) -> dict:
+def kill_and_resume(mode: str, shards: Path, work: Path, reference: Path, wall_s: float, fraction: float,
+                    drop_reference: bool = False) -> dict:
     """SIGKILL a run of ``mode`` (the driver and the local Ray it started) after ``fraction`` of the
     undisturbed run's wall time, rerun the same command to the end, and compare its shards (every
-    file under ``shards/``, index and list included) with the undisturbed run's, byte for byte."""
+    file under ``shards/``, index and list included) with the undisturbed run's, byte for byte.
+    ``drop_reference``: digest the undisturbed run's shards, then delete its run directory before
+    the second run starts, so that a 1M-row corpus and one run's output are all the disk holds."""
     import signal
 
     from bench.scale import _sailcurate
@@ -283,6 +286,9 @@ def kill_and_resume(mode: str, shards: Path, work: Path, reference: Path, wall_s
             "caption2_cpu": [CONFIGS["caption2_cpu"], "--input", str(shards)]}[mode]
     run_dir = work / f"run_{mode}_killed"
     shutil.rmtree(run_dir, ignore_errors=True)
+    a = _digests(reference / "shards")
+    if drop_reference:
+        shutil.rmtree(reference, ignore_errors=True)
     cmd = _sailcurate() + ["run"] + args + ["--out", str(run_dir)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.perf_counter()
@@ -303,7 +309,7 @@ def kill_and_resume(mode: str, shards: Path, work: Path, reference: Path, wall_s
     resumed_s = time.perf_counter() - t1
     if rc != 0:
         return {"error": f"resumed run exited {rc}; log {work / f'{mode}_resumed.log'}"}
-    a, b = _digests(reference / "shards"), _digests(run_dir / "shards")
+    b = _digests(run_dir / "shards")
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     out = {"killed_after_s": round(killed_at, 1), "ended_before_the_kill": ended_early,
            "segments_complete_at_kill": segments_done, "resumed_s": round(resumed_s, 1),
@@ -427,7 +433,8 @@ def main() -> int:
                 continue
             print_mode(mode, res, loop_rate if mode != "loop" else None)
             if args.kill_at and mode != "loop":
-                kr = kill_and_resume(mode, shards, work, Path(res["out_dir"]), res["wall_s"], args.kill_at)
+                kr = kill_and_resume(mode, shards, work, Path(res["out_dir"]), res["wall_s"], args.kill_at,
+                                     drop_reference=not args.keep_runs)
                 res["kill_and_resume"] = kr
                 print(f"    SIGKILL at {args.kill_at:g} of the wall time, then resumed: {kr}", flush=True)
             if not args.keep_runs:
