@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -39,6 +40,9 @@ REF_SUFFIX = "_ref"
 COALESCE_GAP = 256 * 1024
 COALESCE_SPAN = 16 * 1024 * 1024
 PACK_BYTES = 64 * 1024 * 1024  # a pack file holds at most about this much
+# Merged ranges read at once by one fetch. One read at a time left a cold local disk at 161 MiB/s;
+# eight in flight gave 360 MiB/s (bench/fetch_cold.py), and on s3:// each read is a round trip.
+FETCH_THREADS = 8
 
 
 def ref_column(column: str) -> str:
@@ -133,7 +137,8 @@ def fetch(refs: Sequence[str | None]) -> list:
     """The value behind each reference, in order: bytes, or a list of bytes for a list reference
     (None stays None). A reference that cannot be served as ingested gives a ``MediaError`` in its
     place instead of raising, so one changed file costs only its own rows. One open per file for
-    the whole call, ranges sorted and merged (``COALESCE_GAP``)."""
+    the whole call, ranges sorted and merged (``COALESCE_GAP``), and up to ``FETCH_THREADS`` merged
+    ranges read at once, so a cold disk or an object store serves several requests in flight."""
     import json
 
     flat: list[str | None] = []
@@ -169,6 +174,27 @@ def fetch(refs: Sequence[str | None]) -> list:
     return out
 
 
+def _read_span(out: list, uri: str, f, size: int, span: tuple[int, int, list[tuple[int, MediaRef]]]) -> None:
+    """Read one merged range and check each member in it against its reference."""
+    start, end, members = span
+    try:
+        block = f.read_at(end - start, start) if end <= size else b""
+    except OSError as e:
+        for i, _ in members:
+            out[i] = MediaError(f"media_missing: {uri}: {type(e).__name__}: {e}")
+        return
+    for i, r in members:
+        data = block[r.offset - start: r.offset - start + r.length]
+        if len(data) != r.length:
+            out[i] = MediaError(f"media_changed: {uri}: bytes {r.offset}-{r.offset + r.length} are past "
+                                f"the end of the file ({size} bytes): it changed after ingest")
+        elif digest(data) != r.hash:
+            out[i] = MediaError(f"media_changed: {uri}: bytes {r.offset}-{r.offset + r.length} no longer "
+                                f"hash to {r.hash}: the file changed after ingest")
+        else:
+            out[i] = bytes(data)
+
+
 def _fetch_items(refs: Sequence[str | None]) -> list[bytes | MediaError | None]:
     out: list[bytes | MediaError | None] = [None] * len(refs)
     by_uri: dict[str, list[tuple[int, MediaRef]]] = defaultdict(list)
@@ -181,33 +207,31 @@ def _fetch_items(refs: Sequence[str | None]) -> list[bytes | MediaError | None]:
             out[i] = e
             continue
         by_uri[r.uri].append((i, r))
-    for uri, items in by_uri.items():
-        try:
-            fs, path = storage.resolve(uri)
-            f = fs.open_input_file(path)
-        except (OSError, ValueError) as e:
-            for i, _ in items:
-                out[i] = MediaError(f"media_missing: {uri}: {type(e).__name__}: {e}")
-            continue
-        with f:
+    opened: list = []
+    jobs: list[tuple[str, object, int, tuple]] = []
+    try:
+        for uri, items in by_uri.items():
+            try:
+                fs, path = storage.resolve(uri)
+                f = fs.open_input_file(path)
+            except (OSError, ValueError) as e:
+                for i, _ in items:
+                    out[i] = MediaError(f"media_missing: {uri}: {type(e).__name__}: {e}")
+                continue
+            opened.append(f)
             size = f.size()
-            for start, end, members in _spans(items):
-                try:
-                    block = f.read_at(end - start, start) if end <= size else b""
-                except OSError as e:
-                    for i, _ in members:
-                        out[i] = MediaError(f"media_missing: {uri}: {type(e).__name__}: {e}")
-                    continue
-                for i, r in members:
-                    data = block[r.offset - start: r.offset - start + r.length]
-                    if len(data) != r.length:
-                        out[i] = MediaError(f"media_changed: {uri}: bytes {r.offset}-{r.offset + r.length} are past "
-                                            f"the end of the file ({size} bytes): it changed after ingest")
-                    elif digest(data) != r.hash:
-                        out[i] = MediaError(f"media_changed: {uri}: bytes {r.offset}-{r.offset + r.length} no longer "
-                                            f"hash to {r.hash}: the file changed after ingest")
-                    else:
-                        out[i] = bytes(data)
+            jobs.extend((uri, f, size, span) for span in _spans(items))
+        if len(jobs) <= 1:
+            for job in jobs:
+                _read_span(out, *job)
+        else:
+            # Each thread writes only its own members' slots of ``out``; the reads release the GIL.
+            with ThreadPoolExecutor(min(FETCH_THREADS, len(jobs))) as pool:
+                for done in [pool.submit(_read_span, out, *job) for job in jobs]:
+                    done.result()
+    finally:
+        for f in opened:
+            f.close()
     return out
 
 

@@ -106,6 +106,7 @@ class WriteError(OSError):
         return type(self), (self.errno, self.filename)
 
 
+OUTPUT_BUFFER_BYTES = 1024 * 1024
 _WRITE_ERROR_LINE = re.compile(r"^pipeline\.storage\.WriteError: \[Errno (\d+)\] [^\n]*?: (['\"])(.*)\2$", re.M)
 
 
@@ -238,7 +239,8 @@ class _AtomicOutput:
 
     def __enter__(self):
         self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
-        self.stream = self.fs.open_output_stream(self.tmp)
+        # Writers (tar members, JSONL lines) issue many small writes; unbuffered each was a syscall.
+        self.stream = self.fs.open_output_stream(self.tmp, buffer_size=OUTPUT_BUFFER_BYTES)
         return self.stream
 
     def __exit__(self, exc_type, exc, tb):

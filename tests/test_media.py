@@ -120,6 +120,49 @@ def test_a_changed_source_file_is_an_error_naming_it(tar_rows, tmp_path):
         media.fetch_strict(refs[:1])
 
 
+def test_a_fetch_of_many_ranges_in_many_files_returns_each_in_order(tmp_path):
+    """Ranges are read several at a time (``FETCH_THREADS``); each value still lands in its own
+    place, and a bad range or a missing file costs only its own rows."""
+    rng = np.random.default_rng(7)
+    refs, want = [], []
+    for n in range(5):
+        path = tmp_path / f"f{n}.bin"
+        step = media.COALESCE_GAP + 8192
+        blob = rng.integers(0, 256, 24 * step + 2000, dtype=np.uint8).tobytes()
+        path.write_bytes(blob)
+        # 24 pairs of ranges a file, pairs further apart than COALESCE_GAP, so each pair is one read.
+        for k in range(24):
+            off = k * step
+            for start, length in ((off, 1000 + 7 * k), (off + 3000, 500)):  # two members a read
+                data = blob[start: start + length]
+                refs.append(media.ref_for(str(path), start, data))
+                want.append(data)
+    order = rng.permutation(len(refs))
+    refs = [refs[i] for i in order] + [None]
+    want = [want[i] for i in order] + [None]
+    by_file: dict[str, list] = {}
+    for i, r in enumerate(refs[:-1]):
+        by_file.setdefault(media.MediaRef.decode(r).uri, []).append((i, media.MediaRef.decode(r)))
+    assert sum(len(media._spans(v)) for v in by_file.values()) > 2 * media.FETCH_THREADS
+    assert media.fetch(refs) == want
+
+    bad = media.MediaRef.decode(refs[3])
+    data = bytearray(Path(bad.uri).read_bytes())
+    data[bad.offset] ^= 0xFF
+    Path(bad.uri).write_bytes(bytes(data))
+    gone = media.MediaRef.decode(next(r for r in refs[:-1] if media.MediaRef.decode(r).uri != bad.uri))
+    Path(gone.uri).unlink()
+    got = media.fetch(refs)
+    for r, g, w in zip(refs, got, want):
+        uri = media.MediaRef.decode(r).uri if r else None
+        if uri == gone.uri:
+            assert str(g).startswith("media_missing: ") and gone.uri in str(g)
+        elif r == refs[3]:
+            assert str(g).startswith("media_changed: ") and bad.uri in str(g)
+        else:
+            assert g == w
+
+
 def test_store_is_content_named_and_idempotent(tmp_path):
     store = str(tmp_path / "store")
     items = [b"alpha", b"beta" * 100, b""]
