@@ -278,16 +278,13 @@ def replicate_truth(truth: Truth, copies: int) -> Truth:
     """The exact truth of ``scale_corpus(docs, copies)`` from the 1x truth: a copy keeps every
     Jaccard of the original (a bijection of the vocabulary) and shares no shingle with another
     copy, so its pairs are the 1x pairs under the copy's ids. Exact, and no 1M-row all-pairs."""
-    def name(k: int):
-        return (lambda i: i) if k == 0 else (lambda i: f"{i}~{k}")
-
     ids, pairs, planted, single = [], [], [], []
     for k in range(copies):
-        n = name(k)
-        ids += [n(i) for i in truth.ids]
-        pairs += [(n(a), n(b), j) for a, b, j in truth.pairs]
-        planted += [(n(a), n(b), j) for a, b, j in truth.planted]
-        single += [(n(a), n(b), j) for a, b, j in truth.single]
+        sfx = f"~{k}" if k else ""  # scale_corpus's ids: copy 0 as is, copy k suffixed
+        ids += [i + sfx for i in truth.ids]
+        pairs += [(a + sfx, b + sfx, j) for a, b, j in truth.pairs]
+        planted += [(a + sfx, b + sfx, j) for a, b, j in truth.planted]
+        single += [(a + sfx, b + sfx, j) for a, b, j in truth.single]
     return Truth(ids, pairs, planted, single)
 
 

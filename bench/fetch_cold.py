@@ -146,12 +146,12 @@ def main() -> int:
         print(f"   {threads:>2} in flight: {s:6.2f} s, {rate:6.0f} MiB/s, {1000 * s / len(refs):.3f} ms a row; {label}")
 
     print("\n2. write_shard (fetch, hash check, tar, index part), cold")
-    with tempfile.TemporaryDirectory(dir=args.out if Path(args.out).exists() else None) as out_dir:
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out) as out_dir:
         one = time_write_shard(rows, args.batch, 1, tars, out_dir)
         eight = time_write_shard(rows, args.batch, 8, tars, out_dir)
     print(f"    1 in flight: {1000 * one / len(rows):.3f} ms a row (the baseline)")
     print(f"    8 in flight: {1000 * eight / len(rows):.3f} ms a row; {one / eight:.2f}x the baseline")
-    media.FETCH_THREADS = 8
     return 0
 
 
