@@ -55,8 +55,10 @@ class SourceRead:
         self.ckpt = Checkpoint(run_dir, checkpoint)
         self.schema = schema
 
-    def __call__(self, units: pa.Table) -> pa.Table:
-        tables = []
+    def frames(self, units: pa.Table):
+        """(chunk, frame) per unit, as the reader made it: the frame still holds the media bytes as
+        Python objects, so stages fused behind the read (``SourceChain``) use them without the
+        copy into an Arrow buffer and back."""
         for chunk, unit_json in zip(units.column("chunk").to_pylist(), units.column("unit").to_pylist()):
             unit = json.loads(unit_json)
             try:
@@ -70,9 +72,12 @@ class SourceRead:
                 }])
             df[CHUNK_COLUMN] = chunk
             df[DECIDED_AT_COLUMN] = [None if s == KEPT else self.stage.name for s in df["status"]]
-            table = conform(pa.Table.from_pandas(df, preserve_index=False), self.schema)
-            self.ckpt.write_source_count(chunk, table.num_rows)
-            tables.append(table)
+            self.ckpt.write_source_count(chunk, len(df))
+            yield chunk, df
+
+    def __call__(self, units: pa.Table) -> pa.Table:
+        tables = [conform(pa.Table.from_pandas(df, preserve_index=False, nthreads=1), self.schema)
+                  for _, df in self.frames(units)]
         return pa.concat_tables(tables) if tables else self.schema.empty_table()
 
 
@@ -125,14 +130,16 @@ class StageCall:
             )
         return out
 
-    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+    def __call__(self, batch: pd.DataFrame, shed: list[str] | tuple = ()) -> pa.Table:
+        """``shed``: media columns whose bytes are dropped (where a reference holds them) before
+        the frame becomes Arrow: bytes no later stage reads are never copied into a buffer."""
         started = time.monotonic()
-        out = self._call(batch)
+        out = self._to_arrow(shed_frame(self._call(batch), shed))
         if self._timing is not None:
             self._timing.batch(started, time.monotonic(), int((batch["status"] == KEPT).sum()))
         return out
 
-    def _call(self, batch: pd.DataFrame) -> pa.Table:
+    def _call(self, batch: pd.DataFrame) -> pd.DataFrame:
         self._setup()
         batch = batch.reset_index(drop=True)
         for col in self.columns:
@@ -152,7 +159,7 @@ class StageCall:
                 decided = batch["status"] != KEPT
                 batch[DECIDED_AT_COLUMN] = batch[DECIDED_AT_COLUMN].astype(object)
                 batch.loc[decided, DECIDED_AT_COLUMN] = self.stage.name
-                return self._to_arrow(batch)
+                return batch
             for col in after.columns:
                 if col in batch.columns or col in self.columns:
                     if col not in batch.columns:
@@ -162,7 +169,7 @@ class StageCall:
             decided = active & (batch["status"] != KEPT)
             batch[DECIDED_AT_COLUMN] = batch[DECIDED_AT_COLUMN].astype(object)
             batch.loc[decided, DECIDED_AT_COLUMN] = self.stage.name
-        return self._to_arrow(batch)
+        return batch
 
     def _fetch_media(self, batch: pd.DataFrame, active: pd.Series) -> pd.Series:
         """Bytes for kept rows that carry only a reference (rows read from a checkpoint); a
@@ -212,7 +219,7 @@ class StageCall:
         for col, t in types.items():
             if col in batch.columns and batch[col].dtype == object:
                 batch[col] = batch[col].where(batch[col].notna(), None)
-        table = pa.Table.from_pandas(batch, preserve_index=False)
+        table = pa.Table.from_pandas(batch, preserve_index=False, nthreads=1)
         for col, t in types.items():
             if col in table.column_names and table.schema.field(col).type != t and not pa.types.is_null(t):
                 try:
@@ -270,6 +277,15 @@ def shed_media(table: pa.Table, columns: list[str]) -> pa.Table:
     return table
 
 
+def shed_frame(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """``shed_media`` on a pandas frame, before its conversion to Arrow."""
+    for col in columns:
+        rcol = media.ref_column(col)
+        if col in frame.columns and rcol in frame.columns:
+            frame[col] = frame[col].where(frame[rcol].isna(), None)
+    return frame
+
+
 class StageChain:
     """Consecutive stateless stages applied to one block in one task, each in its own batch size.
 
@@ -288,24 +304,65 @@ class StageChain:
         self.shed_first = shed_first or []
         self._calls: list[StageCall] | None = None
 
+    def _ready_calls(self) -> list["StageCall"]:
+        if self._calls is None:
+            self._calls = [StageCall(*args) for args, _, _ in self.steps]
+        return self._calls
+
     def __call__(self, table: pa.Table) -> pa.Table:
         from ray.data.block import BlockAccessor  # Ray Data's own pandas conversion, as map_batches uses
 
-        if self._calls is None:
-            self._calls = [StageCall(*args) for args, _, _ in self.steps]
+        calls = self._ready_calls()
         if self.shed_first:
             table = shed_media(table, self.shed_first)
-        for call, (_, batch_size, shed) in zip(self._calls, self.steps):
-            parts = [call(BlockAccessor.for_block(table.slice(at, batch_size)).to_pandas())
-                     for at in range(0, table.num_rows, batch_size)] or [call(BlockAccessor.for_block(table).to_pandas())]
+        for i, (call, (_, batch_size, shed)) in enumerate(zip(calls, self.steps)):
+            parts = [call(BlockAccessor.for_block(table.slice(at, batch_size)).to_pandas(), shed)
+                     for at in range(0, table.num_rows, batch_size)] or [call(BlockAccessor.for_block(table).to_pandas(), shed)]
             table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
-            if shed:
-                table = shed_media(table, shed)
         return table
+
+    def run_frame(self, frame: pd.DataFrame) -> pa.Table:
+        """The chain on a reader's frame: the first stage takes slices of it as they are."""
+        calls = self._ready_calls()
+        if not calls:
+            return pa.Table.from_pandas(shed_frame(frame, self.shed_first), preserve_index=False, nthreads=1)
+        frame = shed_frame(frame, self.shed_first)
+        _, batch_size, shed = self.steps[0]
+        parts = [calls[0](frame.iloc[at:at + batch_size], shed) for at in range(0, len(frame), batch_size)] \
+            or [calls[0](frame, shed)]
+        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+        if len(calls) > 1:
+            rest = StageChain(self.steps[1:])
+            rest._calls = calls[1:]
+            table = rest(table)
+        return table
+
+
+class SourceChain:
+    """A source read and the task stages right behind it, in one call per unit.
+
+    Why: between a read and decode, the media bytes are the bulk of a block. Handing the reader's
+    pandas frame straight to the first stage (and shedding the bytes before its output becomes
+    Arrow) saves two copies of every image per row; on a 2-core VM, each fresh copy of a tar's
+    worth of images into one Arrow buffer cost as much as decoding them (BENCHMARKS.md)."""
+
+    def __init__(self, read_args: tuple, steps: list, shed_first: list[str] | None, schema: pa.Schema):
+        self.read = SourceRead(*read_args)
+        self.chain = StageChain(steps, shed_first)
+        self.schema = schema  # what the chain's last stage hands on: every block the same
+
+    def __call__(self, units: pa.Table) -> pa.Table:
+        tables = [conform(self.chain.run_frame(df), self.schema) for _, df in self.read.frames(units)]
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
 
 
 def run_stage_chain(table: pa.Table, steps: list, shed_first: list[str]) -> pa.Table:
     return StageChain(steps, shed_first)(table)
+
+
+def read_and_chain(units: pa.Table, read_args: tuple, steps: list, shed_first: list[str],
+                   schema: pa.Schema) -> pa.Table:
+    return SourceChain(read_args, steps, shed_first, schema)(units)
 
 
 def read_units(units: pa.Table, kind: str, params: dict, name: str, context: StageContext,
@@ -324,5 +381,5 @@ def write_fragments(table: pa.Table, run_dir: str, stage: str, schema: pa.Schema
     return FragmentWrite(run_dir, stage, schema, media_store)(table)
 
 
-__all__ = ["SourceRead", "StageCall", "FragmentWrite", "conform", "build_stage", "Params",
+__all__ = ["SourceRead", "SourceChain", "read_and_chain", "shed_frame", "StageCall", "FragmentWrite", "conform", "build_stage", "Params",
            "read_units", "run_stage_batch", "run_stage_chain", "shed_media", "StageChain", "write_fragments"]

@@ -27,7 +27,9 @@ from manifests.writer import write_segment_manifests, write_sink_manifest
 from pipeline import actor_timing, cluster_fit, media, storage
 from pipeline.checkpoint import Checkpoint, row_bytes
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.execution import StageCall, read_units, run_stage_batch, run_stage_chain, shed_media, write_fragments
+from pipeline.execution import (
+    StageCall, read_and_chain, read_units, run_stage_batch, run_stage_chain, shed_media, write_fragments,
+)
 from pipeline.remote_call import off_driver
 from pipeline.graph import Plan, Segment, build_plan
 from stages.base import CHUNK_COLUMN, DROPPED, ERROR, KEPT, RUNNER_COLUMNS, StageContext, is_media_type
@@ -330,20 +332,32 @@ class Runner:
                     [{"chunk": c, "unit": json.dumps(by_chunk[c])} for c in pending],
                     override_num_blocks=len(pending),
                 )
-                ds = ds.map_batches(
-                    read_units, batch_size=1, batch_format="pyarrow",
-                    fn_args=(first.spec.kind, first.spec.params.model_dump(mode="json"), first.name,
-                             self._context(first.name), self.run_dir, seg.name, self._flight_schema(Segment([first], []))),
-                    num_cpus=first.spec.resources.num_cpus,
-                )
+                read_args = (first.spec.kind, first.spec.params.model_dump(mode="json"), first.name,
+                             self._context(first.name), self.run_dir, seg.name, self._flight_schema(Segment([first], [])))
                 rest = seg.nodes[1:]
+                shed = _media_last_needed(rest, media.referenced_columns(seg.end.columns))
+                lead = _leading_tasks(rest)
+                read_cpus = first.spec.resources.num_cpus
+                if lead:  # the read and the task stages behind it: one call on the reader's frames
+                    steps = [(self._call_args(n), n.spec.resources.batch_size, shed.get(k, []))
+                             for k, n in enumerate(rest[:lead])]
+                    read_cpus = max([read_cpus] + [n.spec.resources.num_cpus for n in rest[:lead]])
+                    ds = ds.map_batches(
+                        read_and_chain, batch_size=1, batch_format="pyarrow",
+                        fn_args=(read_args, steps, shed.get(-1, []), self._flight_schema(Segment(seg.nodes[:1 + lead], []))),
+                        num_cpus=read_cpus,
+                    )
+                    rest = rest[lead:]
+                    shed = {k - lead: v for k, v in shed.items() if k >= lead}
+                else:
+                    ds = ds.map_batches(read_units, batch_size=1, batch_format="pyarrow", fn_args=read_args,
+                                        num_cpus=read_cpus)
             else:
                 ds = _read_kept(self._upstream_fragments(seg, set(pending)))
                 rest = seg.nodes
-            flying = media.referenced_columns(seg.end.columns)
-            shed = _media_last_needed(rest, flying)
+                shed = _media_last_needed(rest, media.referenced_columns(seg.end.columns))
+                read_cpus = 1.0
             # Task stages fuse with the read in front of them when they ask for at least its CPUs.
-            read_cpus = first.spec.resources.num_cpus if is_source else 1.0
             ds, fuse_cpus = self._apply_nodes(ds, rest, shed, storage.join(ckpt.root, "actors"), read_cpus)
             self._write(ds, seg, schema, fuse_cpus=fuse_cpus)
         return self._finish(seg, ckpt, chunk_ids, expected if not is_source else None)
@@ -494,6 +508,14 @@ class Runner:
         if not pending:
             stats = ((ckpt.completion() or {}).get("stats") or {}).get(node.name, {})
         return self._finish(seg, ckpt, chunk_ids, expected, stats={node.name: stats} if stats else None)
+
+
+def _leading_tasks(nodes: list) -> int:
+    """How many of ``nodes``, from the first, are CPU task stages (no model, no GPU)."""
+    n = 0
+    while n < len(nodes) and not (nodes[n].stage_cls.stateful or nodes[n].spec.resources.num_gpus):
+        n += 1
+    return n
 
 
 def _media_last_needed(nodes: list, columns: list[str]) -> dict[int, list[str]]:

@@ -37,7 +37,7 @@ from helpers import assert_conservation
 
 # Ray titles a worker process "ray::<what it runs>" while it runs it (Ray Data names fused
 # tasks after their functions, actor pool workers "MapWorker(...)").
-SOURCE_DECODE_TASK = "ray::MapBatches(read_units)->MapBatches(run_stage_chain)"
+SOURCE_DECODE_TASK = "ray::MapBatches(read_and_chain)"
 POOL_ACTOR = "ray::MapWorker("
 
 
