@@ -604,7 +604,7 @@ def segment_needs(seg: Segment, cluster_totals: dict[str, float]) -> list[cluste
     Need = cluster_fit.Need
     first = seg.nodes[0]
     if first.stage_cls.mode == "source":
-        cpus = first.spec.resources.num_cpus  # read_units runs with the source stage's num_cpus only
+        cpus = first.spec.resources.num_cpus  # the read alone; fused with the task stages behind it (read_and_chain) it asks the largest of their CPUs, each checked below
         needs = [Need(first.name, False, 1, {"CPU": cpus} if cpus else {}, f"resources.num_cpus (now {cpus:g})")]
         rest = seg.nodes[1:]
     else:
