@@ -310,32 +310,31 @@ class StageChain:
         return self._calls
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from ray.data.block import BlockAccessor  # Ray Data's own pandas conversion, as map_batches uses
-
-        calls = self._ready_calls()
         if self.shed_first:
             table = shed_media(table, self.shed_first)
-        for i, (call, (_, batch_size, shed)) in enumerate(zip(calls, self.steps)):
-            parts = [call(BlockAccessor.for_block(table.slice(at, batch_size)).to_pandas(), shed)
-                     for at in range(0, table.num_rows, batch_size)] or [call(BlockAccessor.for_block(table).to_pandas(), shed)]
-            table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
-        return table
+        return self._steps_from(0, table)
 
     def run_frame(self, frame: pd.DataFrame) -> pa.Table:
         """The chain on a reader's frame: the first stage takes slices of it as they are."""
         calls = self._ready_calls()
-        if not calls:
-            return pa.Table.from_pandas(shed_frame(frame, self.shed_first), preserve_index=False, nthreads=1)
         frame = shed_frame(frame, self.shed_first)
         _, batch_size, shed = self.steps[0]
-        parts = [calls[0](frame.iloc[at:at + batch_size], shed) for at in range(0, len(frame), batch_size)] \
-            or [calls[0](frame, shed)]
-        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
-        if len(calls) > 1:
-            rest = StageChain(self.steps[1:])
-            rest._calls = calls[1:]
-            table = rest(table)
+        table = _joined([calls[0](frame.iloc[at:at + batch_size], shed) for at in range(0, len(frame), batch_size)]
+                        or [calls[0](frame, shed)])
+        return self._steps_from(1, table)
+
+    def _steps_from(self, start: int, table: pa.Table) -> pa.Table:
+        from ray.data.block import BlockAccessor  # Ray Data's own pandas conversion, as map_batches uses
+
+        for call, (_, batch_size, shed) in zip(self._ready_calls()[start:], self.steps[start:]):
+            table = _joined([call(BlockAccessor.for_block(table.slice(at, batch_size)).to_pandas(), shed)
+                             for at in range(0, table.num_rows, batch_size)]
+                            or [call(BlockAccessor.for_block(table).to_pandas(), shed)])
         return table
+
+
+def _joined(parts: list[pa.Table]) -> pa.Table:
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
 
 
 class SourceChain:

@@ -326,6 +326,8 @@ class Runner:
             self.options.log(f"{seg.name}: resuming, {len(done)} of {len(chunk_ids)} chunks already committed")
 
         if pending:
+            rest = seg.nodes[1:] if is_source else seg.nodes
+            shed = _media_last_needed(rest, media.referenced_columns(seg.end.columns))
             if is_source:
                 by_chunk = dict(zip(chunk_ids, units))
                 ds = rd.from_items(
@@ -334,8 +336,6 @@ class Runner:
                 )
                 read_args = (first.spec.kind, first.spec.params.model_dump(mode="json"), first.name,
                              self._context(first.name), self.run_dir, seg.name, self._flight_schema(Segment([first], [])))
-                rest = seg.nodes[1:]
-                shed = _media_last_needed(rest, media.referenced_columns(seg.end.columns))
                 lead = _leading_tasks(rest)
                 read_cpus = first.spec.resources.num_cpus
                 if lead:  # the read and the task stages behind it: one call on the reader's frames
@@ -354,8 +354,6 @@ class Runner:
                                         num_cpus=read_cpus)
             else:
                 ds = _read_kept(self._upstream_fragments(seg, set(pending)))
-                rest = seg.nodes
-                shed = _media_last_needed(rest, media.referenced_columns(seg.end.columns))
                 read_cpus = 1.0
             # Task stages fuse with the read in front of them when they ask for at least its CPUs.
             ds, fuse_cpus = self._apply_nodes(ds, rest, shed, storage.join(ckpt.root, "actors"), read_cpus)
@@ -419,16 +417,14 @@ class Runner:
         fuse: float | None = read_cpus
         i = 0
         while i < len(nodes):
-            if nodes[i].stage_cls.stateful or nodes[i].spec.resources.num_gpus:
+            if not _is_task(nodes[i]):
                 if pending:
                     ds = ds.map_batches(_shed_media, fn_args=(pending,), batch_format="pyarrow", batch_size=None)
                 ds = self._apply_stage(ds, nodes[i], timing_dir)
                 pending, fuse = list(shed.get(i, [])), None
                 i += 1
                 continue
-            j = i
-            while j < len(nodes) and not (nodes[j].stage_cls.stateful or nodes[j].spec.resources.num_gpus):
-                j += 1
+            j = i + _leading_tasks(nodes[i:])
             steps = [(self._call_args(n), n.spec.resources.batch_size, shed.get(k, []))
                      for k, n in enumerate(nodes[i:j], start=i)]
             cpus = max([n.spec.resources.num_cpus for n in nodes[i:j]] + ([fuse] if fuse is not None else []))
@@ -510,10 +506,15 @@ class Runner:
         return self._finish(seg, ckpt, chunk_ids, expected, stats={node.name: stats} if stats else None)
 
 
+def _is_task(node) -> bool:
+    """A CPU task stage (no model, no GPU): it runs in a chain, not an actor pool of its own."""
+    return not (node.stage_cls.stateful or node.spec.resources.num_gpus)
+
+
 def _leading_tasks(nodes: list) -> int:
-    """How many of ``nodes``, from the first, are CPU task stages (no model, no GPU)."""
+    """How many of ``nodes``, from the first, are CPU task stages."""
     n = 0
-    while n < len(nodes) and not (nodes[n].stage_cls.stateful or nodes[n].spec.resources.num_gpus):
+    while n < len(nodes) and _is_task(nodes[n]):
         n += 1
     return n
 
